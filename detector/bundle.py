@@ -1,0 +1,250 @@
+"""The bundle contract: a directory with `model.onnx`, `manifest.json` and `report.png`.
+
+The trainer writes bundles through `write_bundle`; the detector reads them with
+`load_bundle`, which refuses anything corrupt, truncated or inconsistent with a message
+that says what is wrong. The model file name is fixed: nothing in a manifest is ever
+used as a path, and models are ONNX only (nothing is unpickled).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from detector.errors import BundleError
+
+__all__ = [
+    "MANIFEST_FILE",
+    "MODEL_FILE",
+    "REPORT_FILE",
+    "SCHEMA_VERSION",
+    "Bundle",
+    "DataFile",
+    "ErrorStats",
+    "Golden",
+    "Manifest",
+    "Threshold",
+    "Training",
+    "load_bundle",
+    "sha256_file",
+    "write_bundle",
+]
+
+SCHEMA_VERSION = 1
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+REPORT_FILE = "report.png"
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_FEATURES = 100_000
+MAX_WINDOW = 10_000
+
+# Names of the ONNX graph's input and outputs: part of the contract.
+INPUT_NAME = "x"
+OUTPUT_SCORE = "score"
+OUTPUT_FEATURE_ERROR = "feature_error"
+OUTPUT_RECONSTRUCTION = "reconstruction"
+OUTPUT_LATENT = "latent"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Threshold(_Frozen):
+    """Alarm when score > value. `method` says how value was chosen on normal data."""
+
+    value: float = Field(gt=0)
+    method: Literal["quantile", "pot", "manual"]
+    params: dict[str, float | int | str] = Field(default_factory=dict)
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("threshold must be a finite number")
+        return v
+
+
+class ErrorStats(_Frozen):
+    """Mean and std of each feature's squared error on validation data (standardised)."""
+
+    mean: list[float]
+    std: list[float]
+
+
+class DataFile(_Frozen):
+    path: str
+    sha256: str
+    rows: int = Field(ge=0)
+
+
+class Training(_Frozen):
+    files: list[DataFile]
+    rows_train: int = Field(ge=0)
+    rows_validation: int = Field(ge=0)
+    rows_calibration: int = Field(ge=0)
+    epochs: int = Field(ge=0)
+    best_epoch: int = Field(ge=0)
+    train_loss: float
+    validation_loss: float
+    duration_seconds: float
+    device: str
+    config: dict[str, Any]
+
+
+class Golden(_Frozen):
+    """A few input rows and their expected scores, for self-tests after loading."""
+
+    inputs: list[list[float]] | list[list[list[float]]]
+    scores: list[float]
+
+    @model_validator(mode="after")
+    def _same_length(self) -> Golden:
+        if len(self.inputs) != len(self.scores) or not self.scores:
+            raise ValueError("golden inputs and scores must be non-empty and of equal length")
+        return self
+
+
+class Manifest(_Frozen):
+    schema_version: int
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")
+    version: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._+-]+$")
+    created_at: datetime
+    features: list[str] = Field(min_length=1, max_length=MAX_FEATURES)
+    window: int = Field(default=1, ge=1, le=MAX_WINDOW)
+    score: str = "mean squared reconstruction error over features, in standardised units"
+    threshold: Threshold
+    feature_error: ErrorStats
+    training: Training
+    validation: dict[str, float]
+    model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    libraries: dict[str, str]
+    golden: Golden
+
+    @field_validator("schema_version")
+    @classmethod
+    def _supported(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(
+                f"bundle schema version {v} is not supported by this detector "
+                f"(it reads version {SCHEMA_VERSION}); retrain or upgrade Vigil"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        n = len(self.features)
+        if len(set(self.features)) != n:
+            raise ValueError("feature names must be unique")
+        if len(self.feature_error.mean) != n or len(self.feature_error.std) != n:
+            raise ValueError(f"feature_error statistics must have {n} entries, one per feature")
+        return self
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: Manifest
+    model_bytes: bytes
+
+    @property
+    def features(self) -> list[str]:
+        return self.manifest.features
+
+    @property
+    def label(self) -> str:
+        return f"{self.manifest.name}:{self.manifest.version}"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _explain(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  - {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_bundle(path: str | os.PathLike[str]) -> Bundle:
+    """Read and check a bundle's files. Running the model (I/O shapes, golden sample)
+    is `detector.scorer.Scorer`'s job, so that it happens in the session that serves."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(
+            f"{root}: not a bundle directory (expected {MODEL_FILE} and {MANIFEST_FILE})"
+        )
+    manifest_path = root / MANIFEST_FILE
+    model_path = root / MODEL_FILE
+    for p in (manifest_path, model_path):
+        if not p.is_file():
+            raise BundleError(f"{root}: {p.name} is missing; is this a Vigil bundle?")
+    if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{manifest_path}: larger than {MAX_MANIFEST_BYTES} bytes; refusing it")
+    try:
+        raw = json.loads(manifest_path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BundleError(f"{manifest_path}: not valid JSON ({e}); the bundle is corrupt") from e
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as e:
+        raise BundleError(f"{manifest_path}: invalid manifest:\n{_explain(e)}") from e
+    model_bytes = model_path.read_bytes()
+    digest = hashlib.sha256(model_bytes).hexdigest()
+    if digest != manifest.model_sha256:
+        raise BundleError(
+            f"{model_path}: sha256 {digest[:12]}… does not match the manifest's "
+            f"{manifest.model_sha256[:12]}…; the model file is corrupt, truncated or was replaced"
+        )
+    return Bundle(path=root, manifest=manifest, model_bytes=model_bytes)
+
+
+def write_bundle(
+    out: str | os.PathLike[str],
+    manifest: Manifest,
+    model_bytes: bytes,
+    extra_files: dict[str, bytes] | None = None,
+) -> Path:
+    """Write a bundle atomically: into a temporary sibling directory, then rename."""
+    root = Path(out)
+    if hashlib.sha256(model_bytes).hexdigest() != manifest.model_sha256:
+        raise BundleError("manifest.model_sha256 does not match the model bytes being written")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    (tmp / MODEL_FILE).write_bytes(model_bytes)
+    (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+    for name, data in (extra_files or {}).items():
+        if Path(name).name != name:
+            raise BundleError(f"bundle extra file {name!r} must be a plain file name")
+        (tmp / name).write_bytes(data)
+    if root.exists():
+        old = root.with_name(f".{root.name}.old")
+        if old.exists():
+            _rmtree(old)
+        root.rename(old)
+        tmp.rename(root)
+        _rmtree(old)
+    else:
+        tmp.rename(root)
+    return root
+
+
+def _rmtree(p: Path) -> None:
+    import shutil
+
+    shutil.rmtree(p, ignore_errors=True)

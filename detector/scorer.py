@@ -1,0 +1,197 @@
+"""Batch in, scores out: one ONNX Runtime session per bundle, no Kafka, no files.
+
+The daemon and the offline scorer both call `Scorer.score` and `decide`: there is one
+scoring path.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from detector.bundle import (
+    INPUT_NAME,
+    OUTPUT_FEATURE_ERROR,
+    OUTPUT_LATENT,
+    OUTPUT_RECONSTRUCTION,
+    OUTPUT_SCORE,
+    Bundle,
+)
+from detector.errors import BundleError, ConfigError
+
+__all__ = ["Decisions", "Provider", "Scorer", "Scores", "decide"]
+
+log = logging.getLogger(__name__)
+
+Provider = Literal["auto", "cuda", "cpu"]
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+GOLDEN_RTOL = 1e-3
+GOLDEN_ATOL = 1e-5
+
+
+@dataclass(frozen=True)
+class Scores:
+    score: np.ndarray  # [N] float32
+    feature_error: np.ndarray  # [N, F] squared error per feature, standardised units
+    reconstruction: np.ndarray  # [N, F] expected values, original units
+    latent: np.ndarray | None = None  # [N, K] when asked for
+
+
+@dataclass(frozen=True)
+class Decisions:
+    anomaly: np.ndarray  # [N] bool
+    severity: np.ndarray  # [N] score / threshold
+    top_index: np.ndarray  # [N, k] feature indices, largest share of the error first
+    top_share: np.ndarray  # [N, k] share of the row's error
+
+
+def _session_options(threads: int | None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return opts
+
+
+def _providers_for(provider: Provider) -> list[str]:
+    if provider == "cpu":
+        return [_CPU]
+    # get_available_providers() lists CUDA whenever the GPU build is installed, GPU or not:
+    # only the session's own provider list says what is really active.
+    if _CUDA not in ort.get_available_providers():
+        if provider == "cuda":
+            raise ConfigError("provider 'cuda' asked for, but this onnxruntime has no CUDA support")
+        return [_CPU]
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:  # finds CUDA/cuDNN from the nvidia-* wheels (torch's) when present
+            preload()
+        except Exception as e:
+            log.debug("onnxruntime.preload_dlls failed: %s", e)
+    return [_CUDA, _CPU]
+
+
+class Scorer:
+    """An ONNX Runtime session for one bundle, checked before it is trusted."""
+
+    def __init__(self, bundle: Bundle, provider: Provider = "auto", threads: int | None = None):
+        self.bundle = bundle
+        self.features = bundle.manifest.features
+        self.window = bundle.manifest.window
+        try:
+            self.session = ort.InferenceSession(
+                bundle.model_bytes,
+                sess_options=_session_options(threads),
+                providers=_providers_for(provider),
+            )
+        except ConfigError:
+            raise
+        except Exception as e:  # onnxruntime raises its own untyped errors for bad models
+            raise BundleError(f"{bundle.path}: ONNX Runtime cannot load model.onnx: {e}") from e
+        self.provider = self.session.get_providers()[0]
+        if provider == "cuda" and self.provider != _CUDA:
+            raise ConfigError(
+                "provider 'cuda' asked for, but CUDA could not be initialised "
+                "(no GPU, or CUDA/cuDNN libraries missing); use provider 'auto' or 'cpu'"
+            )
+        self._check_signature()
+        self._outputs = [o.name for o in self.session.get_outputs()]
+        self.self_test()
+
+    @property
+    def threshold(self) -> float:
+        return self.bundle.manifest.threshold.value
+
+    def _check_signature(self) -> None:
+        where = f"{self.bundle.path}/model.onnx"
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
+            names = [i.name for i in inputs]
+            raise BundleError(f"{where}: expected one input named '{INPUT_NAME}', found {names}")
+        shape = inputs[0].shape
+        want = [len(self.features)] if self.window == 1 else [self.window, len(self.features)]
+        if len(shape) != 1 + len(want) or list(shape[1:]) != want:
+            raise BundleError(
+                f"{where}: input '{INPUT_NAME}' has shape {shape}, but the manifest's "
+                f"{len(self.features)} features and window {self.window} need [N, "
+                f"{', '.join(map(str, want))}]"
+            )
+        if isinstance(shape[0], int) and shape[0] != -1:
+            raise BundleError(
+                f"{where}: the batch dimension is fixed to {shape[0]}; re-export it dynamic"
+            )
+        if inputs[0].type != "tensor(float)":
+            raise BundleError(
+                f"{where}: input '{INPUT_NAME}' must be float32, not {inputs[0].type}"
+            )
+        outputs = {o.name for o in self.session.get_outputs()}
+        missing = {OUTPUT_SCORE, OUTPUT_FEATURE_ERROR, OUTPUT_RECONSTRUCTION} - outputs
+        if missing:
+            raise BundleError(
+                f"{where}: outputs {sorted(missing)} are missing (has {sorted(outputs)})"
+            )
+
+    def self_test(self) -> None:
+        """Score the manifest's golden sample; refuse the bundle unless it reproduces."""
+        golden = self.bundle.manifest.golden
+        x = np.asarray(golden.inputs, dtype=np.float32)
+        try:
+            got = self.score(x).score
+        except Exception as e:
+            raise BundleError(f"{self.bundle.path}: the golden sample failed to run: {e}") from e
+        want = np.asarray(golden.scores, dtype=np.float32)
+        if got.shape != want.shape or not np.allclose(
+            got, want, rtol=GOLDEN_RTOL, atol=GOLDEN_ATOL
+        ):
+            raise BundleError(
+                f"{self.bundle.path}: golden sample scores {np.round(got[:3], 6).tolist()} differ "
+                f"from the manifest's {np.round(want[:3], 6).tolist()}; the model and manifest "
+                "do not belong together"
+            )
+
+    def score(self, x: np.ndarray, *, latent: bool = False) -> Scores:
+        """x: float32 [N, F] (or [N, W, F] for windowed models), raw units."""
+        names = [OUTPUT_SCORE, OUTPUT_FEATURE_ERROR, OUTPUT_RECONSTRUCTION]
+        if latent and OUTPUT_LATENT in self._outputs:
+            names.append(OUTPUT_LATENT)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if len(x) == 0:
+            f = len(self.features)
+            empty = np.zeros((0, f), np.float32)
+            return Scores(np.zeros(0, np.float32), empty, empty, None)
+        out = self.session.run(names, {INPUT_NAME: x})
+        return Scores(
+            score=out[0],
+            feature_error=out[1],
+            reconstruction=out[2],
+            latent=out[3] if len(out) > 3 else None,
+        )
+
+
+def decide(scores: Scores, threshold: float, top_k: int = 3) -> Decisions:
+    """Alarm when score > threshold; rank each row's features by their share of the error."""
+    fe = scores.feature_error
+    n, f = fe.shape
+    k = max(0, min(top_k, f))
+    total = fe.sum(axis=1, keepdims=True)
+    share = np.divide(fe, total, out=np.zeros_like(fe), where=total > 0)
+    if k == 0 or n == 0:
+        top = np.zeros((n, 0), dtype=np.int64)
+    elif k < f:
+        part = np.argpartition(-share, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(share, part, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(part, order, axis=1)
+    else:
+        top = np.argsort(-share, axis=1, kind="stable")
+    return Decisions(
+        anomaly=scores.score > threshold,
+        severity=scores.score / np.float32(threshold),
+        top_index=top,
+        top_share=np.take_along_axis(share, top, axis=1),
+    )

@@ -1,0 +1,56 @@
+"""Every training default in one place. The bundle records the resolved config."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = ["TrainConfig"]
+
+Variant = Literal["plain", "denoising", "sparse", "contractive"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # -- network: dense encoder widths, mirrored by the decoder --------------------------
+    hidden: tuple[int, ...] = (64, 32)
+    latent: int = 0  # 0: auto, max(2, min(16, features // 3)); must stay below the feature count
+    activation: Literal["relu", "tanh", "gelu"] = "gelu"
+    # -- regularised variants (the classic autoencoder literature) -----------------------
+    variant: Variant = "plain"
+    noise_std: float = 0.1  # denoising: Gaussian input noise, in standardised units
+    sparsity: float = 1e-3  # sparse: weight of the L1 penalty on the latent code
+    contraction: float = 1e-3  # contractive: weight of ||d latent / d input||_F^2
+    loss: Literal["mse", "bce"] = "mse"  # bce scales inputs to [0, 1] instead of z-scores
+    # -- optimisation --------------------------------------------------------------------
+    epochs: int = 300
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    patience: int = 30  # early stopping on validation loss
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # -- time-ordered split of the normal data: train | validation | calibration ---------
+    validation_fraction: float = 0.15
+    calibration_fraction: float = 0.15
+    # -- threshold calibration on held-out normal data ----------------------------------
+    calibration: Literal["quantile", "pot"] = "quantile"
+    quantile: float = 0.99  # target false-positive rate = 1 - quantile
+    pot_risk: float = 1e-4  # POT: target probability of exceeding the threshold
+    pot_level: float = 0.98  # POT: quantile of the initial threshold t
+    margin: float = 1.0  # multiply the calibrated value (>1 trades recall for fewer alarms)
+    # Cross-fitting: score every normal sample with a model that never saw it (K time
+    # blocks), calibrate on all of them, then fit the final model on everything. Worth
+    # its K extra fits when normal data is scarce; 0 = a single held-out block.
+    folds: int = 0
+    # -- bookkeeping ---------------------------------------------------------------------
+    name: str = "vigil-model"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def latent_for(self, n_features: int) -> int:
+        return self.latent or max(2, min(16, n_features // 3))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d

@@ -1,0 +1,89 @@
+"""ONNX export of the scoring model, and the parity check that guards it."""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from detector.bundle import (
+    INPUT_NAME,
+    OUTPUT_FEATURE_ERROR,
+    OUTPUT_LATENT,
+    OUTPUT_RECONSTRUCTION,
+    OUTPUT_SCORE,
+)
+from trainer.model import ScoringModel
+
+__all__ = ["OPSET", "PARITY_TOL", "ExportError", "check_parity", "export_onnx", "with_metadata"]
+
+OPSET = 18
+PARITY_TOL = 1e-4
+OUTPUTS = [OUTPUT_SCORE, OUTPUT_FEATURE_ERROR, OUTPUT_RECONSTRUCTION, OUTPUT_LATENT]
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def export_onnx(model: ScoringModel, example: np.ndarray) -> bytes:
+    """Export with a dynamic batch dimension. The example needs at least 2 rows, or the
+    exporter specialises the batch dimension to 1."""
+    x = torch.from_numpy(np.ascontiguousarray(example[: max(2, min(len(example), 16))]))
+    if len(x) < 2:
+        x = torch.cat([x, x])
+    model = model.eval()
+    batch = torch.export.Dim("batch", min=1)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (x,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=OUTPUTS,
+            dynamic_shapes={"x": {0: batch}},
+            opset_version=OPSET,
+            verbose=False,
+        )
+    assert program is not None
+    proto = program.model_proto
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def with_metadata(model_bytes: bytes, props: dict[str, str]) -> bytes:
+    proto = onnx.load_model_from_string(model_bytes)
+    del proto.metadata_props[:]
+    for k, v in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    buf = io.BytesIO()
+    onnx.save_model(proto, buf)
+    return buf.getvalue()
+
+
+def check_parity(model_bytes: bytes, model: ScoringModel, x: np.ndarray) -> float:
+    """Run the ONNX model in ONNX Runtime and torch on the same rows; fail unless the
+    scores and per-feature errors agree within PARITY_TOL (absolute, or relative for
+    large values)."""
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    got = session.run([OUTPUT_SCORE, OUTPUT_FEATURE_ERROR], {INPUT_NAME: x.astype(np.float32)})
+    with torch.no_grad():
+        want = model(torch.from_numpy(x.astype(np.float32)))
+    worst = 0.0
+    for g, w in zip(got, want[:2], strict=True):
+        w = w.numpy()
+        diff = np.abs(g - w) / np.maximum(1.0, np.abs(w))
+        worst = max(worst, float(diff.max(initial=0.0)))
+    if worst > PARITY_TOL:
+        raise ExportError(
+            f"ONNX Runtime and torch disagree by {worst:.2e} (> {PARITY_TOL}); export refused"
+        )
+    return worst

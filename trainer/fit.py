@@ -1,0 +1,141 @@
+"""The training loop: Adam, mini-batches, early stopping on validation loss."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from trainer.config import TrainConfig
+from trainer.model import Autoencoder, ScoringModel
+
+__all__ = ["FitResult", "fit", "pick_device", "scaling_for"]
+
+
+@dataclass
+class FitResult:
+    model: ScoringModel  # best weights, eval mode, on the CPU
+    train_loss: list[float]
+    val_loss: list[float]
+    best_epoch: int
+    device: str
+    seconds: float
+
+
+def pick_device(want: str) -> torch.device:
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def scaling_for(x: np.ndarray, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """z-scores for MSE, min-max to [0, 1] for BCE. Constant columns get scale 1 so that
+    any later deviation still shows as error instead of dividing by zero."""
+    x64 = x.astype(np.float64)
+    if loss == "bce":
+        offset, scale = x64.min(axis=0), x64.max(axis=0) - x64.min(axis=0)
+    else:
+        offset, scale = x64.mean(axis=0), x64.std(axis=0)
+    scale = np.where(scale > 1e-8 * np.maximum(1.0, np.abs(offset)), scale, 1.0)
+    return torch.tensor(offset, dtype=torch.float32), torch.tensor(scale, dtype=torch.float32)
+
+
+def _penalised_loss(
+    ae: Autoencoder, z: torch.Tensor, cfg: TrainConfig, generator: torch.Generator
+) -> torch.Tensor:
+    target = z
+    if cfg.variant == "denoising":
+        z = z + cfg.noise_std * torch.randn(z.shape, generator=generator, device=z.device)
+    if cfg.variant == "contractive":
+        z = z.detach().requires_grad_(True)
+    r, h = ae(z)
+    loss = _reconstruction_loss(r, target, cfg.loss)
+    if cfg.variant == "sparse":
+        loss = loss + cfg.sparsity * h.abs().mean()
+    elif cfg.variant == "contractive":
+        # Hutchinson estimate of ||J||_F^2 with one random probe: one extra backward pass
+        # instead of one per latent unit.
+        v = torch.randn(h.shape, generator=generator, device=h.device)
+        (jt_v,) = torch.autograd.grad((h * v).sum(), z, create_graph=True)
+        loss = loss + cfg.contraction * jt_v.pow(2).sum(dim=1).mean()
+    return loss
+
+
+def _reconstruction_loss(r: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "bce":
+        return F.binary_cross_entropy(r, target.clamp(0.0, 1.0))
+    return F.mse_loss(r, target)
+
+
+@torch.no_grad()
+def _evaluate(ae: Autoencoder, z: torch.Tensor, kind: str, batch: int = 65536) -> float:
+    ae.eval()
+    total = 0.0
+    for i in range(0, len(z), batch):
+        r, _ = ae(z[i : i + batch])
+        total += _reconstruction_loss(r, z[i : i + batch], kind).item() * len(r)
+    return total / max(1, len(z))
+
+
+def fit(
+    x_train: np.ndarray, x_val: np.ndarray, cfg: TrainConfig, progress: bool = True
+) -> FitResult:
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    offset, scale = scaling_for(x_train, cfg.loss)
+    n_features = x_train.shape[1]
+    latent = cfg.latent_for(n_features)
+    if latent >= n_features:
+        raise ValueError(
+            f"latent size {latent} must be below the {n_features} features, or the autoencoder "
+            "learns the identity and detects nothing; lower --latent"
+        )
+    ae = Autoencoder(n_features, cfg.hidden, latent, cfg.activation, cfg.loss == "bce")
+    ae.to(device)
+    opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def scaled(x: np.ndarray) -> torch.Tensor:
+        return ((torch.from_numpy(x) - offset) / scale).to(device)
+
+    z_train, z_val = scaled(x_train), scaled(x_val)
+    dev_gen = generator if device.type == "cpu" else torch.Generator(device).manual_seed(cfg.seed)
+    best, best_epoch, stale = float("inf"), 0, 0
+    best_state = copy.deepcopy(ae.state_dict())
+    train_hist: list[float] = []
+    val_hist: list[float] = []
+    start = time.perf_counter()
+    bar = tqdm(
+        range(1, cfg.epochs + 1), desc="fit", unit="epoch", disable=not progress, leave=False
+    )
+    for epoch in bar:
+        ae.train()
+        order = torch.randperm(len(z_train), generator=generator).to(device)
+        running = 0.0
+        for i in range(0, len(order), cfg.batch_size):
+            zb = z_train[order[i : i + cfg.batch_size]]
+            loss = _penalised_loss(ae, zb, cfg, dev_gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running += loss.item() * len(zb)
+        train_hist.append(running / len(order))
+        val_hist.append(_evaluate(ae, z_val, cfg.loss) if len(z_val) else train_hist[-1])
+        if val_hist[-1] < best - 1e-7:
+            best, best_epoch, stale = val_hist[-1], epoch, 0
+            best_state = copy.deepcopy(ae.state_dict())
+        else:
+            stale += 1
+        bar.set_postfix(train=f"{train_hist[-1]:.4f}", val=f"{val_hist[-1]:.4f}", best=best_epoch)
+        if stale >= cfg.patience:
+            break
+    ae.load_state_dict(best_state)
+    model = ScoringModel(ae.cpu(), offset, scale).eval()
+    return FitResult(
+        model, train_hist, val_hist, best_epoch, str(device), time.perf_counter() - start
+    )
