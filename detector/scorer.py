@@ -6,6 +6,7 @@ scoring path.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -23,9 +24,10 @@ from detector.bundle import (
 )
 from detector.errors import BundleError, ConfigError
 
-__all__ = ["Decisions", "Provider", "Scorer", "Scores", "decide"]
+__all__ = ["Decisions", "Provider", "Scorer", "Scores", "decide", "gpu_present"]
 
 log = logging.getLogger(__name__)
+ort.set_default_logger_severity(3)  # errors only: provider fallbacks are reported by us
 
 Provider = Literal["auto", "cuda", "cpu"]
 _CUDA = "CUDAExecutionProvider"
@@ -59,8 +61,29 @@ def _session_options(threads: int | None) -> ort.SessionOptions:
     return opts
 
 
+def gpu_present() -> bool:
+    """Whether a CUDA driver with at least one device is there, asked of the driver itself
+    (libcuda), so that 'auto' on a CPU machine stays quiet and fast."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+        count = ctypes.c_int(0)
+        return (
+            cuda.cuInit(0) == 0
+            and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0
+            and count.value > 0
+        )
+    except OSError:
+        return False
+
+
 def _providers_for(provider: Provider) -> list[str]:
     if provider == "cpu":
+        return [_CPU]
+    if not gpu_present():
+        if provider == "cuda":
+            raise ConfigError(
+                "provider 'cuda' asked for, but no CUDA GPU was found; use 'auto' or 'cpu'"
+            )
         return [_CPU]
     # get_available_providers() lists CUDA whenever the GPU build is installed, GPU or not:
     # only the session's own provider list says what is really active.

@@ -1,0 +1,223 @@
+"""Thin typed layers over kafka-python: a batch source with manual commits, and a sink
+that reports whether every record of a batch was acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from detector.errors import PublishError
+from detector.events import Outgoing
+from detector.settings import KafkaSettings, Settings
+
+__all__ = ["ConsumerRecord", "KafkaSink", "KafkaSource", "TopicPartition", "client_config"]
+
+log = logging.getLogger(__name__)
+
+
+def client_config(k: KafkaSettings) -> dict[str, Any]:
+    """Connection and security options shared by consumers, producers and admin clients."""
+    cfg: dict[str, Any] = {
+        "bootstrap_servers": [s.strip() for s in k.bootstrap_servers.split(",") if s.strip()],
+        "client_id": k.client_id,
+        "security_protocol": k.security_protocol,
+        "request_timeout_ms": k.request_timeout_ms,
+        "reconnect_backoff_max_ms": 5_000,
+    }
+    if k.security_protocol in ("SSL", "SASL_SSL"):
+        ctx = ssl.create_default_context(cafile=str(k.ssl_cafile) if k.ssl_cafile else None)
+        ctx.check_hostname = k.ssl_check_hostname
+        if k.ssl_certfile:
+            ctx.load_cert_chain(str(k.ssl_certfile), str(k.ssl_keyfile) if k.ssl_keyfile else None)
+        cfg["ssl_context"] = ctx
+    if k.security_protocol.startswith("SASL"):
+        cfg["sasl_mechanism"] = k.sasl_mechanism
+        cfg["sasl_plain_username"] = k.username
+        cfg["sasl_plain_password"] = k.secret()
+    return cfg
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Runs on kafka-python's IO thread: only records what happened, never blocks."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.revoked: set[TopicPartition] = set()
+        self.assigned: set[TopicPartition] = set()
+        self.generation = 0
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        with self.lock:
+            self.revoked |= set(revoked)
+            self.assigned -= set(revoked)
+            self.generation += 1
+        log.info("partitions revoked: %s", sorted(revoked))
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        with self.lock:
+            self.assigned |= set(assigned)
+            self.generation += 1
+        log.info("partitions assigned: %s", sorted(assigned))
+
+
+class KafkaSource:
+    """Polls batches (by size or time, whichever comes first) and commits explicit offsets."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.rebalance = _Rebalance()
+        self.consumer: KafkaConsumer | None = None
+
+    def connect(self) -> KafkaSource:
+        """One attempt; raises NoBrokersAvailable/KafkaError when the broker is unreachable."""
+        k = self.settings.kafka
+        consumer = KafkaConsumer(
+            **client_config(k),
+            group_id=k.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=k.auto_offset_reset,
+            session_timeout_ms=k.session_timeout_ms,
+            max_poll_interval_ms=k.max_poll_interval_ms,
+            max_poll_records=self.settings.batch.max_size,
+            fetch_max_wait_ms=max(1, min(500, self.settings.batch.max_wait_ms)),
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            check_crcs=True,
+            bootstrap_timeout_ms=5_000,  # give the loop back often enough to report health
+        )
+        t = self.settings.topics
+        if t.input_pattern:
+            consumer.subscribe(pattern=t.input_pattern, listener=self.rebalance)
+        else:
+            consumer.subscribe(topics=t.input, listener=self.rebalance)
+        self.consumer = consumer
+        return self
+
+    def poll_batch(self, max_size: int, max_wait_ms: int) -> list[ConsumerRecord]:
+        """Records from assigned partitions, in offset order per partition."""
+        assert self.consumer is not None
+        records: list[ConsumerRecord] = []
+        generation = self.rebalance.generation
+        deadline = None
+        while len(records) < max_size:
+            timeout = (
+                max_wait_ms
+                if deadline is None
+                else max(0, int((deadline - time.monotonic()) * 1000))
+            )
+            polled = self.consumer.poll(timeout_ms=timeout, max_records=max_size - len(records))
+            for recs in polled.values():
+                records.extend(recs)
+            if not records or (deadline is not None and time.monotonic() >= deadline):
+                break
+            if deadline is None:
+                deadline = time.monotonic() + max_wait_ms / 1000.0
+            if max_wait_ms == 0:
+                break
+        if records and self.rebalance.generation != generation:
+            # A rebalance happened while the batch filled: records of partitions we no
+            # longer own will be redelivered to their new owner; don't score them twice.
+            owned = self.consumer.assignment()
+            records = [r for r in records if TopicPartition(r.topic, r.partition) in owned]
+        return records
+
+    def commit(self, records: list[ConsumerRecord]) -> None:
+        assert self.consumer is not None
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            if tp not in offsets or offsets[tp].offset <= r.offset:
+                offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
+        self.consumer.commit(offsets=offsets)
+
+    def lag(self, records: list[ConsumerRecord]) -> dict[TopicPartition, int]:
+        assert self.consumer is not None
+        last: dict[TopicPartition, int] = {}
+        for r in records:
+            last[TopicPartition(r.topic, r.partition)] = r.offset
+        out = {}
+        for tp, off in last.items():
+            hw = self.consumer.highwater(tp)
+            if hw is not None:
+                out[tp] = max(0, hw - off - 1)
+        return out
+
+    def assigned(self) -> int:
+        return len(self.consumer.assignment()) if self.consumer is not None else 0
+
+    def broker_reachable(self) -> bool:
+        if self.consumer is None:
+            return False
+        try:  # kafka-python has no public "connected to any broker" call
+            client = self.consumer._client
+            return any(client.connected(b.node_id) for b in client.cluster.brokers())
+        except Exception:
+            return False
+
+    def keepalive(self) -> None:
+        """Stay in the group while a batch is being retried: poll with nothing to fetch."""
+        if self.consumer is None:
+            return
+        parts = self.consumer.assignment()
+        self.consumer.pause(*parts)
+        try:
+            self.consumer.poll(timeout_ms=0)
+        finally:
+            self.consumer.resume(*parts)
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            try:
+                self.consumer.close(autocommit=False)  # leaves the group promptly
+            except KafkaError as e:
+                log.warning("closing the consumer: %s", e)
+            self.consumer = None
+
+
+class KafkaSink:
+    """Sends a batch's records and waits until the broker acknowledged all of them."""
+
+    def __init__(self, settings: Settings):
+        k = settings.kafka
+        self.timeout_s = k.delivery_timeout_ms / 1000.0
+        self.producer = KafkaProducer(
+            **client_config(k),
+            acks="all",
+            enable_idempotence=True,  # retries never duplicate or reorder a key's events
+            linger_ms=2,
+            batch_size=256 * 1024,
+            max_in_flight_requests_per_connection=5,
+            delivery_timeout_ms=k.delivery_timeout_ms,
+            retries=2**31 - 1,
+        )
+
+    def deliver(self, records: list[Outgoing]) -> None:
+        """Raise PublishError unless every record is acknowledged."""
+        futures = []
+        try:
+            for r in records:
+                futures.append(
+                    self.producer.send(r.topic, value=r.value, key=r.key, headers=r.headers)
+                )
+            self.producer.flush(timeout=self.timeout_s)
+        except KafkaError as e:
+            raise PublishError(f"publishing failed: {e}") from e
+        failed = [f for f in futures if not f.is_done or f.failed()]
+        if failed:
+            first = failed[0].exception if failed[0].is_done else "not acknowledged in time"
+            raise PublishError(f"{len(failed)} of {len(futures)} records not acknowledged: {first}")
+
+    def close(self) -> None:
+        try:
+            self.producer.close(timeout=5)
+        except KafkaError as e:
+            log.warning("closing the producer: %s", e)

@@ -1,0 +1,184 @@
+"""Every metric the detector exports: prefix `vigil_`, base units, bounded labels.
+
+Per-message distributions (scores, decision latency) are observed a whole batch at a
+time with numpy (`BatchHistogram`): no Python call per message.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from detector.decode import REASONS
+
+__all__ = ["BatchHistogram", "Metrics"]
+
+disable_created_metrics()  # the *_created series double the output for no dashboard use
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+SCORE_BUCKETS = tuple(float(b) for b in np.logspace(-4, 4, 17))
+SEVERITY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.5, 2.0, 5.0, 10.0, 100.0)
+
+
+class BatchHistogram(Collector):
+    """A Prometheus histogram fed with numpy arrays."""
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ):
+        self.name, self.documentation = name, documentation
+        self.bounds = np.asarray(sorted(buckets), dtype=np.float64)
+        self.counts = np.zeros(len(self.bounds) + 1, dtype=np.int64)  # last: above every bound
+        self.total = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: np.ndarray) -> None:
+        v = np.asarray(values, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            return
+        # bucket i counts values <= bounds[i] ('le' semantics): searchsorted side="left"
+        idx = np.searchsorted(self.bounds, v, side="left")
+        binned = np.bincount(idx, minlength=len(self.counts))
+        with self._lock:
+            self.counts += binned
+            self.total += float(v.sum())
+
+    def collect(self) -> Iterable[HistogramMetricFamily]:
+        with self._lock:
+            cumulative = np.cumsum(self.counts)
+            total = self.total
+        buckets = [(_le(b), float(c)) for b, c in zip(self.bounds, cumulative[:-1], strict=True)]
+        buckets.append(("+Inf", float(cumulative[-1])))
+        fam = HistogramMetricFamily(self.name, self.documentation)
+        fam.add_metric([], buckets, sum_value=total)
+        yield fam
+
+    def describe(self) -> Iterable[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.documentation)
+
+
+def _le(b: float) -> str:
+    return repr(float(b))
+
+
+class Metrics:
+    """One instance per detector, on its own registry (tests make fresh ones)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        r = self.registry = registry or CollectorRegistry()
+        self.consumed = Counter(
+            "vigil_messages_consumed", "Messages read from input topics.", ["topic"], registry=r
+        )
+        self.scored = Counter("vigil_messages_scored", "Messages decoded and scored.", registry=r)
+        self.anomalies = Counter("vigil_anomalies", "Anomaly events published.", registry=r)
+        self.invalid = Counter(
+            "vigil_invalid_messages",
+            "Messages sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REASONS:
+            self.invalid.labels(reason)
+        self.published = Counter(
+            "vigil_records_published",
+            "Records acknowledged by the broker, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("event", "dlq", "score"):
+            self.published.labels(kind)
+        self.kafka_errors = Counter(
+            "vigil_kafka_errors",
+            "Kafka operations that failed, by operation.",
+            ["operation"],
+            registry=r,
+        )
+        for op in ("connect", "poll", "publish", "commit"):
+            self.kafka_errors.labels(op)
+        self.batch_size = Histogram(
+            "vigil_batch_size_messages",
+            "Messages per processed batch.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000, 50000),
+            registry=r,
+        )
+        self.inference = Histogram(
+            "vigil_inference_seconds",
+            "ONNX Runtime time per batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "vigil_batch_processing_seconds",
+            "Decode, score, publish and commit time per batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.latency = BatchHistogram(
+            "vigil_decision_latency_seconds",
+            "Event time to decision (published and acknowledged), per message.",
+            LATENCY_BUCKETS,
+            r,
+        )
+        self.scores = BatchHistogram(
+            "vigil_score", "Anomaly scores of scored messages.", SCORE_BUCKETS, r
+        )
+        self.severity = BatchHistogram(
+            "vigil_severity_ratio", "Score divided by threshold, per message.", SEVERITY_BUCKETS, r
+        )
+        self.lag = Gauge(
+            "vigil_consumer_lag_messages",
+            "Messages behind the partition's high watermark.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.threshold = Gauge("vigil_threshold", "Alarm threshold in use.", registry=r)
+        self.model_info = Gauge(
+            "vigil_model_info",
+            "The model serving (always 1).",
+            ["name", "version", "provider"],
+            registry=r,
+        )
+        self.last_batch = Gauge(
+            "vigil_last_batch_timestamp_seconds",
+            "Unix time of the last committed batch.",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "vigil_ready",
+            "1 when model loaded, broker reachable and partitions assigned.",
+            registry=r,
+        )
+        self.assigned = Gauge(
+            "vigil_assigned_partitions", "Input partitions assigned to this detector.", registry=r
+        )
+        self.publish_retries = Counter(
+            "vigil_publish_retries", "Batches whose publishing was retried.", registry=r
+        )
+
+    def set_model(self, name: str, version: str, provider: str, threshold: float) -> None:
+        self.model_info.clear()
+        self.model_info.labels(name, version, provider).set(1)
+        self.threshold.set(threshold)

@@ -1,0 +1,323 @@
+"""The detector's loop: poll → decode → score → publish → wait for acks → commit.
+
+At-least-once: a batch's offsets are committed only after every anomaly event, dead-letter
+record and score record of that batch has been acknowledged by the broker. A crash
+anywhere before that replays the batch; event ids make the replays recognisable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import TypeVar
+
+import numpy as np
+import orjson
+from kafka.errors import CommitFailedError, KafkaConfigurationError, KafkaError
+
+from detector.bundle import Bundle, load_bundle
+from detector.decode import Decoded, Mapping, decode_batch
+from detector.errors import ConfigError, PublishError
+from detector.events import (
+    CONTENT_TYPE,
+    Outgoing,
+    Source,
+    dlq_headers,
+    make_event,
+    make_score_record,
+)
+from detector.http import Health, HttpServer
+from detector.kafka import ConsumerRecord, KafkaSink, KafkaSource
+from detector.metrics import Metrics
+from detector.scorer import Decisions, Scorer, Scores, decide
+from detector.settings import Settings
+
+__all__ = ["Detector", "mapping_for", "run"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Stopped(Exception):
+    """Shutdown was asked for while a batch was still unpublished: leave it uncommitted."""
+
+
+def mapping_for(settings: Settings, bundle: Bundle) -> Mapping:
+    p = settings.payload
+    return Mapping(
+        features=tuple(bundle.features),
+        features_at=p.features_at,
+        features_field=p.features_field,
+        key_field=p.key_field if p.key_from == "field" else None,
+        time_field=p.time_field if p.time_from == "field" else None,
+        max_bytes=p.max_bytes,
+    )
+
+
+class Detector:
+    """One batch at a time; every side effect goes through `source` and `sink`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        scorer: Scorer,
+        source: KafkaSource,
+        sink: KafkaSink,
+        metrics: Metrics,
+        health: Health,
+        stop: threading.Event,
+    ):
+        self.settings, self.scorer, self.source, self.sink = settings, scorer, source, sink
+        self.metrics, self.health, self.stop = metrics, health, stop
+        self.mapping = mapping_for(settings, scorer.bundle)
+        self.threshold = settings.model.threshold or scorer.threshold
+        m = scorer.bundle.manifest
+        self.model_id = (m.name, m.version)
+        metrics.set_model(m.name, m.version, scorer.provider, self.threshold)
+
+    # -- the loop ------------------------------------------------------------------------
+    def step(self) -> int:
+        b = self.settings.batch
+        try:
+            batch = self.source.poll_batch(b.max_size, b.max_wait_ms)
+        except KafkaError as e:
+            self.metrics.kafka_errors.labels("poll").inc()
+            log.warning("poll failed: %s", e)
+            self.stop.wait(1.0)
+            batch = []
+        self._report_health()
+        if batch:
+            self.process(batch)
+        return len(batch)
+
+    def process(self, batch: list[ConsumerRecord]) -> None:
+        started = time.perf_counter()
+        decoded = decode_batch([r.value for r in batch], self.mapping)
+        t0 = time.perf_counter()
+        scores = self.scorer.score(decoded.x)
+        self.metrics.inference.observe(time.perf_counter() - t0)
+        decisions = decide(scores, self.threshold, self.settings.model.top_features)
+        event_ms = self._event_times(batch, decoded)
+        outgoing = self._outgoing(batch, decoded, scores, decisions, event_ms)
+        self._deliver(outgoing)  # blocks until acknowledged, retrying; raises Stopped
+        try:
+            self.source.commit(batch)
+        except (CommitFailedError, KafkaError) as e:
+            # The group moved on (rebalance): the new owner replays from the last commit.
+            self.metrics.kafka_errors.labels("commit").inc()
+            log.warning("commit failed, the batch will be replayed by the partition's owner: %s", e)
+            return
+        self._record(batch, decoded, scores, decisions, event_ms, outgoing, started)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _event_times(self, batch: list[ConsumerRecord], decoded: Decoded) -> np.ndarray:
+        if decoded.times_ms is not None:
+            return decoded.times_ms
+        ts = np.fromiter(
+            (batch[i].timestamp for i in decoded.index), dtype=np.float64, count=len(decoded.index)
+        )
+        return np.where(ts >= 0, ts, np.nan)
+
+    def _key(self, record: ConsumerRecord, decoded: Decoded, j: int) -> str | None:
+        if decoded.keys is not None:
+            return decoded.keys[j]
+        return record.key.decode("utf-8", "replace") if record.key is not None else None
+
+    def _outgoing(
+        self,
+        batch: list[ConsumerRecord],
+        decoded: Decoded,
+        scores: Scores,
+        decisions: Decisions,
+        event_ms: np.ndarray,
+    ) -> list[Outgoing]:
+        t = self.settings.topics
+        version = self.model_id[1]
+        headers = [("content-type", CONTENT_TYPE), ("vigil.model.version", version.encode())]
+        out: list[Outgoing] = []
+        now_ms = time.time() * 1000.0
+        for j in np.flatnonzero(decisions.anomaly):
+            r = batch[decoded.index[j]]
+            key = self._key(r, decoded, j)
+            event = make_event(
+                src=Source(r.topic, r.partition, r.offset),
+                key=key,
+                event_time_ms=float(event_ms[j]),
+                detected_ms=now_ms,
+                model=self.model_id,
+                score=float(scores.score[j]),
+                threshold=self.threshold,
+                features=self.scorer.features,
+                observed=decoded.x[j],
+                expected=scores.reconstruction[j],
+                top_index=decisions.top_index[j],
+                top_share=decisions.top_share[j],
+            )
+            out.append(
+                Outgoing(
+                    t.anomalies,
+                    key.encode() if key is not None else None,
+                    orjson.dumps(event),
+                    headers,
+                )
+            )
+        for rej in decoded.rejects:
+            r = batch[rej.index]
+            src = Source(r.topic, r.partition, r.offset)
+            out.append(
+                Outgoing(
+                    t.dlq,
+                    r.key,
+                    r.value or b"",
+                    dlq_headers(list(r.headers or []), src, rej.reason, rej.detail, version),
+                )
+            )
+        if t.scores:
+            for j in range(len(decoded.index)):
+                r = batch[decoded.index[j]]
+                key = self._key(r, decoded, j)
+                value = make_score_record(
+                    src=Source(r.topic, r.partition, r.offset),
+                    key=key,
+                    event_time_ms=float(event_ms[j]),
+                    model_version=version,
+                    score=float(scores.score[j]),
+                    threshold=self.threshold,
+                    anomaly=bool(decisions.anomaly[j]),
+                )
+                out.append(
+                    Outgoing(t.scores, key.encode() if key is not None else None, value, headers)
+                )
+        return out
+
+    def _deliver(self, outgoing: list[Outgoing]) -> None:
+        if not outgoing:
+            return
+        backoff = 0.25
+        while True:
+            try:
+                self.sink.deliver(outgoing)
+                return
+            except PublishError as e:
+                self.metrics.kafka_errors.labels("publish").inc()
+                self.metrics.publish_retries.inc()
+                self.health.reason = f"publishing failed, retrying: {e}"
+                log.warning("%s; retrying in %.2fs (batch not committed)", e, backoff)
+            if self.stop.wait(backoff):
+                raise Stopped("shutdown while retrying a batch; it stays uncommitted")
+            backoff = min(backoff * 2, 30.0)
+            self.source.keepalive()
+            self.health.beat()
+
+    def _record(
+        self,
+        batch: list[ConsumerRecord],
+        decoded: Decoded,
+        scores: Scores,
+        decisions: Decisions,
+        event_ms: np.ndarray,
+        outgoing: list[Outgoing],
+        started: float,
+    ) -> None:
+        m = self.metrics
+        for topic, n in Counter(r.topic for r in batch).items():
+            m.consumed.labels(topic).inc(n)
+        m.scored.inc(len(decoded.index))
+        n_anomalies = int(decisions.anomaly.sum())
+        m.anomalies.inc(n_anomalies)
+        for reason, n in Counter(r.reason for r in decoded.rejects).items():
+            m.invalid.labels(reason).inc(n)
+        t = self.settings.topics
+        kinds = Counter(
+            "event" if o.topic == t.anomalies else "dlq" if o.topic == t.dlq else "score"
+            for o in outgoing
+        )
+        for kind, n in kinds.items():
+            m.published.labels(kind).inc(n)
+        now_ms = time.time() * 1000.0
+        m.latency.observe_many((now_ms - event_ms) / 1000.0)
+        m.scores.observe_many(scores.score)
+        m.severity.observe_many(decisions.severity)
+        m.batch_size.observe(len(batch))
+        m.batch_seconds.observe(time.perf_counter() - started)
+        m.last_batch.set(time.time())
+        for tp, lag in self.source.lag(batch).items():
+            m.lag.labels(tp.topic, str(tp.partition)).set(lag)
+        self.health.reason = "serving"
+
+    def _report_health(self) -> None:
+        h = self.health
+        h.beat()
+        h.broker_reachable = self.source.broker_reachable()
+        h.partitions_assigned = self.source.assigned()
+        self.metrics.assigned.set(h.partitions_assigned)
+        self.metrics.ready.set(1 if h.ready() else 0)
+        if not h.broker_reachable:
+            h.reason = "broker unreachable"
+        elif not h.partitions_assigned:
+            h.reason = "waiting for partition assignment"
+
+
+def _with_backoff(
+    what: str, fn: Callable[[], T], stop: threading.Event, health: Health, metrics: Metrics
+) -> T | None:
+    """Retry `fn` until it succeeds or shutdown is asked for (then None): no crash loop."""
+    backoff = 0.5
+    while not stop.is_set():
+        try:
+            return fn()
+        except KafkaConfigurationError as e:
+            raise ConfigError(f"Kafka client configuration: {e}") from e
+        except KafkaError as e:
+            metrics.kafka_errors.labels("connect").inc()
+            health.reason = f"cannot {what}: {e}"
+            health.broker_reachable = False
+            log.warning("cannot %s (%s); retrying in %.1fs", what, e, backoff)
+            health.beat()
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 10.0)
+    return None
+
+
+def run(
+    settings: Settings, stop: threading.Event, on_ready: Callable[[HttpServer], None] | None = None
+) -> int:
+    """Load the model, serve HTTP, connect, and loop until `stop` is set. Returns 0."""
+    bundle = load_bundle(settings.model.path)
+    scorer = Scorer(bundle, settings.model.provider, settings.model.threads)
+    log.info("model %s loaded; provider %s", bundle.label, scorer.provider)
+    metrics, health = Metrics(), Health()
+    health.model_loaded = True
+    with ExitStack() as stack:
+        http = HttpServer(settings.http.host, settings.http.port, metrics.registry, health).start()
+        stack.callback(http.stop)
+        log.info("metrics and probes on http://%s:%d", settings.http.host, http.port)
+        if on_ready is not None:
+            on_ready(http)
+        source = KafkaSource(settings)
+        if _with_backoff("connect to Kafka", source.connect, stop, health, metrics) is None:
+            return 0
+        stack.callback(source.close)
+        sink = _with_backoff(
+            "start the producer", lambda: KafkaSink(settings), stop, health, metrics
+        )
+        if sink is None:
+            return 0
+        stack.callback(sink.close)
+        detector = Detector(settings, scorer, source, sink, metrics, health, stop)
+        log.info(
+            "consuming %s as group %s",
+            settings.topics.input_pattern or settings.topics.input,
+            settings.kafka.group_id,
+        )
+        try:
+            while not stop.is_set():
+                detector.step()
+        except Stopped as e:
+            log.info("%s", e)
+        log.info("stopping: leaving the group and closing connections")
+    return 0
