@@ -175,6 +175,16 @@ def decode_batch(values: Sequence[bytes | None], m: Mapping) -> Decoded:
         x = x.astype(np.float64, copy=False)
         if not (np.isfinite(x).all() and (np.abs(x) <= _FLOAT32_MAX).all()):
             x = None
+        else:
+            # numpy takes JSON true/false for 1/0. Only messages whose bytes hold a
+            # boolean literal can have one, so only those are checked value by value.
+            try:
+                for j, i in enumerate(index):
+                    v = values[i]
+                    if b"true" in v or b"false" in v:  # type: ignore[operator]
+                        _row_slow(docs[j], m)
+            except _Bad:
+                x = None
     if x is None:  # slow path: find each bad message and its reason
         rows, kept_docs, kept_index = [], [], []
         for doc, i in zip(docs, index, strict=True):

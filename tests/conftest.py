@@ -1,0 +1,118 @@
+"""Shared fixtures: one real Kafka broker per test session, one small trained bundle."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TEP_DIR = Path(os.environ.get("VIGIL_TEP_DIR", ROOT.parent / "shared" / "data" / "tep"))
+FEATURES_SYNTH = [
+    "flow_m3h",
+    "pressure_bar",
+    "motor_current_a",
+    "speed_rpm",
+    "bearing_temp_c",
+    "vibration_mms",
+    "outlet_temp_c",
+    "power_kw",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real single-node KRaft broker started by the project's own script."""
+    port, cport = free_port(), free_port()
+    d = tmp_path_factory.mktemp("kafka")
+    script = ROOT / "scripts" / "kafka-dev"
+    proc = subprocess.run(
+        [
+            str(script),
+            "start",
+            "--port",
+            str(port),
+            "--controller-port",
+            str(cport),
+            "--dir",
+            str(d),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"kafka-dev start failed:\n{proc.stderr}")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(script), "stop", "--dir", str(d)], capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def make_topic(kafka_bootstrap: str) -> Callable[..., str]:
+    """A fresh, uniquely named topic per call."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+
+    def create(prefix: str = "t", partitions: int = 1) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        admin.create_topics([NewTopic(name, partitions, 1)])
+        return name
+
+    yield create
+    admin.close()
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from trainer.synth import simulate
+
+    d = tmp_path_factory.mktemp("synth")
+    out = {}
+    for name, steps, seed, rate in (("normal", 1440, 0, 0.0), ("faulty", 480, 7, 0.1)):
+        t = simulate(steps, 4, seed=seed, fault_rate=rate)
+        out[name] = d / f"{name}.csv"
+        pacsv.write_csv(pa.table(t.columns()), out[name])
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(synth_data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small dense bundle trained on synthetic normal telemetry (seconds)."""
+    from trainer import data
+    from trainer.build import build_bundle
+    from trainer.config import TrainConfig
+
+    ds = data.load([str(synth_data["normal"])], features=FEATURES_SYNTH)
+    cfg = TrainConfig(epochs=60, patience=15, name="synth-test")
+    out = tmp_path_factory.mktemp("bundles") / "synth"
+    build_bundle(ds, cfg, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tep_dir() -> Path:
+    if not (TEP_DIR / "d00.dat").is_file():
+        pytest.fail(f"Tennessee Eastman data not found at {TEP_DIR} (set VIGIL_TEP_DIR)")
+    return TEP_DIR
+
+
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
