@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,9 +24,12 @@ class Health:
     broker_reachable: bool = False
     partitions_assigned: int = 0
     reason: str = "starting"
+    on_beat: Callable[[], None] | None = None  # e.g. the systemd watchdog ping
 
     def beat(self) -> None:
         self.last_beat = time.monotonic()
+        if self.on_beat is not None:
+            self.on_beat()
 
     def alive(self) -> bool:
         return time.monotonic() - self.last_beat < self.liveness_timeout_s

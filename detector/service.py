@@ -33,6 +33,7 @@ from detector.events import (
 from detector.http import Health, HttpServer
 from detector.kafka import ConsumerRecord, KafkaSink, KafkaSource
 from detector.metrics import Metrics
+from detector.notify import Notifier
 from detector.scorer import Decisions, Scorer, Scores, decide
 from detector.settings import Settings
 
@@ -290,12 +291,15 @@ def run(
     bundle = load_bundle(settings.model.path)
     scorer = Scorer(bundle, settings.model.provider, settings.model.threads)
     log.info("model %s loaded; provider %s", bundle.label, scorer.provider)
-    metrics, health = Metrics(), Health()
+    notifier = Notifier.from_env()
+    metrics, health = Metrics(), Health(on_beat=notifier.watchdog)
     health.model_loaded = True
     with ExitStack() as stack:
+        stack.callback(notifier.close)
         http = HttpServer(settings.http.host, settings.http.port, metrics.registry, health).start()
         stack.callback(http.stop)
         log.info("metrics and probes on http://%s:%d", settings.http.host, http.port)
+        notifier.ready(f"model {bundle.label} on {scorer.provider}")
         if on_ready is not None:
             on_ready(http)
         source = KafkaSource(settings)
@@ -319,5 +323,6 @@ def run(
                 detector.step()
         except Stopped as e:
             log.info("%s", e)
+        notifier.stopping()
         log.info("stopping: leaving the group and closing connections")
     return 0

@@ -55,7 +55,7 @@ def test_scaling_is_in_the_graph_and_constant_columns_are_safe() -> None:
     assert scale[2] == 1.0
     m = ScoringModel(Autoencoder(6, (8,), 2), offset, scale).eval()
     with torch.no_grad():
-        score, fe, recon, latent = m(torch.from_numpy(x[:4]))
+        score, _fe, recon, latent = m(torch.from_numpy(x[:4]))
     assert torch.isfinite(score).all() and recon.shape == (4, 6) and latent.shape == (4, 2)
 
 
