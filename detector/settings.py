@@ -79,7 +79,7 @@ class KafkaSettings(_Section):
     ssl_keyfile: Path | None = None
     ssl_check_hostname: bool = True
     session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
-    max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
+    max_poll_interval_ms: int = Field(default=60_000, ge=10_000)  # also the rebalance timeout
     request_timeout_ms: int = Field(default=30_000, ge=1_000)
     delivery_timeout_ms: int = Field(default=60_000, ge=1_000)
 
