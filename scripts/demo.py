@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -106,10 +107,8 @@ def train(workdir: Path, steps: int) -> Path:
 def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     for name, partitions in topics.items():
-        try:
+        with contextlib.suppress(TopicAlreadyExistsError):
             admin.create_topics([NewTopic(name, partitions, 1)])
-        except TopicAlreadyExistsError:
-            pass
     admin.close()
 
 
