@@ -102,6 +102,19 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--threshold", type=float, help="override the bundle's threshold")
     _add_input_options(e)
 
+    p = sub.add_parser("publish", help="copy a bundle into a model registry and make it current")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--registry", required=True, type=Path)
+    p.add_argument(
+        "--no-current", action="store_true", help="copy in, but leave the live version as it is"
+    )
+    m = sub.add_parser("models", help="list the versions in a registry and which one is live")
+    m.add_argument("--registry", required=True, type=Path)
+    r = sub.add_parser("rollback", help="make an earlier version current")
+    r.add_argument("--registry", required=True, type=Path)
+    r.add_argument("--name", help="model name (needed when the registry holds several)")
+    r.add_argument("--to", help="version to make current (default: the one before the live one)")
+
     s = sub.add_parser("synth", help="write synthetic plant telemetry (for demos and tests)")
     s.add_argument("--out", required=True, type=Path, help=".csv, .parquet or .jsonl")
     s.add_argument("--steps", type=int, default=2880, help="samples per entity (default 2 days)")
@@ -212,6 +225,47 @@ def _synth(a: argparse.Namespace) -> int:
     return 0
 
 
+def _publish(a: argparse.Namespace) -> int:
+    from detector.registry import publish
+
+    b = publish(a.bundle, a.registry, make_current=not a.no_current)
+    state = "copied in" if a.no_current else "live"
+    print(f"{b.manifest.name} {b.manifest.version} published to {b.path} ({state})")
+    return 0
+
+
+def _models(a: argparse.Namespace) -> int:
+    from detector.registry import list_versions
+
+    rows = list_versions(a.registry)
+    if not rows:
+        print(f"no models in {a.registry}")
+    for e in rows:
+        mark = "*" if e.live else " "
+        rate = e.validation.get("calibration_alarm_rate", float("nan"))
+        print(
+            f"{mark} {e.name:<20} {e.version:<28} threshold {e.threshold:<10.4g} "
+            f"val loss {e.validation.get('loss', float('nan')):<10.4g} calib. alarm rate {rate:.4f}"
+        )
+    return 0
+
+
+def _rollback(a: argparse.Namespace) -> int:
+    from detector.errors import ConfigError
+    from detector.registry import is_model_dir, rollback
+
+    names = [p for p in a.registry.iterdir() if is_model_dir(p)] if a.registry.is_dir() else []
+    if a.name:
+        names = [a.registry / a.name]
+    if len(names) != 1:
+        raise ConfigError(
+            f"{a.registry}: name the model with --name (found {[p.name for p in names]})"
+        )
+    version = rollback(names[0], a.to)
+    print(f"{names[0].name} now serves {version}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     logging.basicConfig(
@@ -219,7 +273,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return {"fit": _fit, "evaluate": _evaluate, "synth": _synth}[a.command](a)
+        commands = {
+            "fit": _fit,
+            "evaluate": _evaluate,
+            "synth": _synth,
+            "publish": _publish,
+            "models": _models,
+            "rollback": _rollback,
+        }
+        return commands[a.command](a)
     except VigilError as e:
         print(f"vigil-train: error: {e}", file=sys.stderr)
         return 2

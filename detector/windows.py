@@ -1,0 +1,51 @@
+"""Windows of the last W samples of each entity, from a table in time order.
+
+Shared by the trainer (training and calibration windows), the offline scorer and the
+evaluation: the live daemon builds the same windows from its per-entity ring buffers
+(`detector/state.py`). Plain numpy, no loop per row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+__all__ = ["gather", "table_windows", "window_ends"]
+
+
+def window_ends(entities: np.ndarray | None, n: int, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """(order, ends): `order` sorts rows by entity keeping time order within each entity;
+    `ends` are the positions in that order where a full window of `window` samples of one
+    entity ends. Rows before an entity's W-th sample have no window (warm-up)."""
+    if entities is None:
+        order = np.arange(n)
+        starts = np.zeros(n, dtype=np.int64)
+    else:
+        order = np.argsort(entities, kind="stable")
+        keys = np.asarray(entities)[order]
+        new_group = np.ones(n, dtype=bool)
+        new_group[1:] = keys[1:] != keys[:-1]
+        starts = np.maximum.accumulate(np.where(new_group, np.arange(n), 0))
+    pos = np.arange(n)
+    ends = pos[pos - starts >= window - 1]
+    return order, ends
+
+
+def gather(x_sorted: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
+    """[len(ends), W, F] windows ending at `ends` of rows already in entity order."""
+    if window == 1:
+        return x_sorted[ends][:, None, :]
+    views = sliding_window_view(x_sorted, window, axis=0)  # [N-W+1, F, W], no copy
+    return np.ascontiguousarray(views[ends - window + 1].transpose(0, 2, 1))
+
+
+def table_windows(
+    x: np.ndarray, entities: np.ndarray | None, window: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """All windows of a table: ([M, W, F], index of each window's newest row), the rows in
+    their original order."""
+    order, ends = window_ends(entities, len(x), window)
+    xw = gather(x[order], ends, window)
+    newest = order[ends]
+    back = np.argsort(newest, kind="stable")
+    return xw[back], newest[back]
