@@ -98,6 +98,17 @@ class KafkaSource:
         if t.input_pattern:
             consumer.subscribe(pattern=t.input_pattern, listener=self.rebalance)
         else:
+            # Join the group only once the topics' partitions are known: a join before that
+            # gets an empty assignment and a second rebalance, which kafka-python can leave
+            # waiting for the rebalance timeout.
+            deadline = time.monotonic() + 10.0
+            missing = list(t.input)
+            while missing and time.monotonic() < deadline:
+                missing = [topic for topic in missing if not consumer.partitions_for_topic(topic)]
+                if missing:
+                    time.sleep(0.2)
+            if missing:
+                log.warning("input topic(s) %s not found yet; subscribing anyway", missing)
             consumer.subscribe(topics=t.input, listener=self.rebalance)
         self.consumer = consumer
         return self

@@ -11,12 +11,12 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from detector.decode import REASONS
 
-__all__ = ["BatchHistogram", "Metrics"]
+__all__ = ["BatchHistogram", "Metrics", "RecentQuantiles"]
 
 disable_created_metrics()  # the *_created series double the output for no dashboard use
 
@@ -78,6 +78,46 @@ class BatchHistogram(Collector):
 
     def describe(self) -> Iterable[HistogramMetricFamily]:
         yield HistogramMetricFamily(self.name, self.documentation)
+
+
+class RecentQuantiles(Collector):
+    """Quantiles of the last `size` scores of the live and the shadow model, side by side,
+    so an operator can compare a candidate on live traffic before promoting it."""
+
+    QUANTILES = (0.5, 0.9, 0.99, 0.999)
+
+    def __init__(self, registry: CollectorRegistry, size: int = 10_000):
+        self.size = size
+        self._buffers: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, model: str, values: np.ndarray) -> None:
+        v = np.asarray(values, dtype=np.float64)[-self.size :]
+        with self._lock:
+            old = self._buffers.get(model, np.zeros(0))
+            self._buffers[model] = np.concatenate([old, v])[-self.size :]
+
+    def forget(self, model: str) -> None:
+        with self._lock:
+            self._buffers.pop(model, None)
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        fam = GaugeMetricFamily(
+            "vigil_recent_score_quantile",
+            "Quantiles of the most recent scores (up to 10,000), by model role.",
+            labels=["model", "quantile"],
+        )
+        with self._lock:
+            buffers = dict(self._buffers)
+        for model, buf in sorted(buffers.items()):
+            if buf.size:
+                for q, v in zip(self.QUANTILES, np.quantile(buf, self.QUANTILES), strict=True):
+                    fam.add_metric([model, repr(q)], float(v))
+        yield fam
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        yield GaugeMetricFamily("vigil_recent_score_quantile", "", labels=["model", "quantile"])
 
 
 def _le(b: float) -> str:
@@ -176,6 +216,32 @@ class Metrics:
         )
         self.publish_retries = Counter(
             "vigil_publish_retries", "Batches whose publishing was retried.", registry=r
+        )
+        self.reloads = Counter(
+            "vigil_model_reloads", "Model swap attempts, by result.", ["result"], registry=r
+        )
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
+        self.recent = RecentQuantiles(r)
+        self.shadow_scored = Counter(
+            "vigil_shadow_messages_scored", "Messages scored by the shadow model.", registry=r
+        )
+        self.shadow_anomalies = Counter(
+            "vigil_shadow_anomalies",
+            "Messages the shadow model would have alerted on (nothing is published).",
+            registry=r,
+        )
+        self.shadow_scores = BatchHistogram(
+            "vigil_shadow_score", "Anomaly scores of the shadow model.", SCORE_BUCKETS, r
+        )
+        self.shadow_info = Gauge(
+            "vigil_shadow_model_info",
+            "The model in shadow (always 1).",
+            ["name", "version"],
+            registry=r,
+        )
+        self.shadow_threshold = Gauge(
+            "vigil_shadow_threshold", "The shadow model's threshold.", registry=r
         )
 
     def set_model(self, name: str, version: str, provider: str, threshold: float) -> None:

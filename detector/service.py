@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -34,6 +35,8 @@ from detector.http import Health, HttpServer
 from detector.kafka import ConsumerRecord, KafkaSink, KafkaSource
 from detector.metrics import Metrics
 from detector.notify import Notifier
+from detector.registry import resolve
+from detector.reload import ModelWatcher, mapping_with
 from detector.scorer import Decisions, Scorer, Scores, decide
 from detector.settings import Settings
 
@@ -71,17 +74,44 @@ class Detector:
         metrics: Metrics,
         health: Health,
         stop: threading.Event,
+        watcher: ModelWatcher | None = None,
+        shadow: Scorer | None = None,
     ):
-        self.settings, self.scorer, self.source, self.sink = settings, scorer, source, sink
+        self.settings, self.source, self.sink = settings, source, sink
         self.metrics, self.health, self.stop = metrics, health, stop
+        self.watcher, self.shadow = watcher, shadow
         self.mapping = mapping_for(settings, scorer.bundle)
-        self.threshold = settings.model.threshold or scorer.threshold
+        self._serve(scorer)
+        if shadow is not None:
+            missing = set(self.scorer.features) ^ set(shadow.features)
+            if missing:
+                raise ConfigError(
+                    f"the shadow model's features differ from the live model's: {sorted(missing)[:5]}"
+                )
+            sm = shadow.bundle.manifest
+            metrics.shadow_info.labels(sm.name, sm.version).set(1)
+            metrics.shadow_threshold.set(shadow.threshold)
+
+    def _serve(self, scorer: Scorer) -> None:
+        """Make `scorer` the live model. Called at start and between two batches."""
+        self.scorer = scorer
+        self.mapping = mapping_with(self.mapping, scorer.bundle)
+        self.threshold = self.settings.model.threshold or scorer.threshold
         m = scorer.bundle.manifest
         self.model_id = (m.name, m.version)
-        metrics.set_model(m.name, m.version, scorer.provider, self.threshold)
+        self.metrics.set_model(m.name, m.version, scorer.provider, self.threshold)
+        self.metrics.recent.forget("live")
+        if self.shadow is not None:
+            self._shadow_order = np.array([scorer.features.index(f) for f in self.shadow.features])
 
     # -- the loop ------------------------------------------------------------------------
     def step(self) -> int:
+        if self.watcher is not None:
+            candidate = self.watcher.take()
+            if candidate is not None:
+                old = self.model_id[1]
+                self._serve(candidate)  # between two batches: each batch is one model's
+                log.info("model swapped: %s -> %s", old, self.model_id[1])
         b = self.settings.batch
         try:
             batch = self.source.poll_batch(b.max_size, b.max_wait_ms)
@@ -97,11 +127,16 @@ class Detector:
 
     def process(self, batch: list[ConsumerRecord]) -> None:
         started = time.perf_counter()
-        decoded = decode_batch([r.value for r in batch], self.mapping)
+        values = [r.value for r in batch]
+        decoded = decode_batch(values, self.mapping)
         t0 = time.perf_counter()
         scores = self.scorer.score(decoded.x)
         self.metrics.inference.observe(time.perf_counter() - t0)
         decisions = decide(scores, self.threshold, self.settings.model.top_features)
+        if self.shadow is not None:
+            self._score_shadow(decoded.x)
+        if self.watcher is not None:
+            self.watcher.observe(values)
         event_ms = self._event_times(batch, decoded)
         outgoing = self._outgoing(batch, decoded, scores, decisions, event_ms)
         self._deliver(outgoing)  # blocks until acknowledged, retrying; raises Stopped
@@ -115,6 +150,15 @@ class Detector:
         self._record(batch, decoded, scores, decisions, event_ms, outgoing, started)
 
     # -- helpers -------------------------------------------------------------------------
+    def _score_shadow(self, x: np.ndarray) -> None:
+        """The candidate scores the same rows; it publishes nothing, only metrics."""
+        assert self.shadow is not None
+        s = self.shadow.score(x[:, self._shadow_order]).score
+        self.metrics.shadow_scored.inc(len(s))
+        self.metrics.shadow_anomalies.inc(int((s > self.shadow.threshold).sum()))
+        self.metrics.shadow_scores.observe_many(s)
+        self.metrics.recent.observe_many("shadow", s)
+
     def _event_times(self, batch: list[ConsumerRecord], decoded: Decoded) -> np.ndarray:
         if decoded.times_ms is not None:
             return decoded.times_ms
@@ -242,6 +286,7 @@ class Detector:
         now_ms = time.time() * 1000.0
         m.latency.observe_many((now_ms - event_ms) / 1000.0)
         m.scores.observe_many(scores.score)
+        m.recent.observe_many("live", scores.score)
         m.severity.observe_many(decisions.severity)
         m.batch_size.observe(len(batch))
         m.batch_seconds.observe(time.perf_counter() - started)
@@ -284,13 +329,19 @@ def _with_backoff(
     return None
 
 
-def run(
-    settings: Settings, stop: threading.Event, on_ready: Callable[[HttpServer], None] | None = None
-) -> int:
-    """Load the model, serve HTTP, connect, and loop until `stop` is set. Returns 0."""
-    bundle = load_bundle(settings.model.path)
-    scorer = Scorer(bundle, settings.model.provider, settings.model.threads)
+def run(settings: Settings, stop: threading.Event, reload: threading.Event | None = None) -> int:
+    """Load the model, serve HTTP, connect, and loop until `stop` is set. Returns 0.
+    Setting `reload` (SIGHUP) makes the model watcher look for a new version now."""
+    ms = settings.model
+    bundle = load_bundle(resolve(ms.path))
+    scorer = Scorer(bundle, ms.provider, ms.threads)
     log.info("model %s loaded; provider %s", bundle.label, scorer.provider)
+    shadow = None
+    if ms.shadow_path is not None:
+        shadow = Scorer(load_bundle(resolve(ms.shadow_path)), ms.provider, ms.threads)
+        log.info(
+            "shadow model %s: scored beside the live one, publishing nothing", shadow.bundle.label
+        )
     notifier = Notifier.from_env()
     metrics, health = Metrics(), Health(on_beat=notifier.watchdog)
     health.model_loaded = True
@@ -300,8 +351,6 @@ def run(
         stack.callback(http.stop)
         log.info("metrics and probes on http://%s:%d", settings.http.host, http.port)
         notifier.ready(f"model {bundle.label} on {scorer.provider}")
-        if on_ready is not None:
-            on_ready(http)
         source = KafkaSource(settings)
         if _with_backoff("connect to Kafka", source.connect, stop, health, metrics) is None:
             return 0
@@ -312,7 +361,21 @@ def run(
         if sink is None:
             return 0
         stack.callback(sink.close)
-        detector = Detector(settings, scorer, source, sink, metrics, health, stop)
+
+        def on_reload(result: str, version: str, reason: str) -> None:
+            metrics.reloads.labels(result).inc()
+
+        watcher = ModelWatcher(
+            Path(ms.path),
+            scorer,
+            mapping_for(settings, bundle),
+            ms.provider,
+            ms.threads,
+            ms.poll_interval_s,
+            on_reload,
+        ).start()
+        stack.callback(watcher.stop)
+        detector = Detector(settings, scorer, source, sink, metrics, health, stop, watcher, shadow)
         log.info(
             "consuming %s as group %s",
             settings.topics.input_pattern or settings.topics.input,
@@ -320,6 +383,9 @@ def run(
         )
         try:
             while not stop.is_set():
+                if reload is not None and reload.is_set():
+                    reload.clear()
+                    watcher.request_reload()
                 detector.step()
         except Stopped as e:
             log.info("%s", e)

@@ -158,7 +158,9 @@ class PayloadSettings(_Section):
 
 
 class ModelSettings(_Section):
-    path: Path = Path("model")
+    path: Path = Path("model")  # a bundle, or a registry model directory (<registry>/<name>)
+    poll_interval_s: float = Field(default=2.0, gt=0, le=3600)  # registry CURRENT pointer
+    shadow_path: Path | None = None  # a bundle scored beside the live one, publishing nothing
     provider: Literal["auto", "cuda", "cpu"] = "auto"
     threads: int | None = Field(default=None, ge=1, le=256)
     threshold: float | None = Field(default=None, gt=0)  # overrides the bundle's threshold

@@ -68,7 +68,7 @@ class DetectorProcess:
                     return float(s.value)
         return 0.0
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, timeout: float = 120) -> None:
         wait_for(
             lambda: self.health()["code"] == 200 or self.proc.poll() is not None,
             timeout,
