@@ -75,8 +75,9 @@ def make_event(
     expected: np.ndarray,
     top_index: np.ndarray,
     top_share: np.ndarray,
+    episode: dict[str, object] | None = None,
 ) -> dict[str, object]:
-    return {
+    event = {
         "schema_version": EVENT_SCHEMA_VERSION,
         "event_id": event_id(src),
         "detected_at": iso_ms(detected_ms),
@@ -97,6 +98,9 @@ def make_event(
             for j, s in zip(top_index, top_share, strict=True)
         ],
     }
+    if episode is not None:
+        event["episode"] = episode
+    return event
 
 
 def make_score_record(

@@ -162,6 +162,12 @@ class KafkaSource:
                 out[tp] = max(0, hw - off - 1)
         return out
 
+    def take_revoked(self) -> set[TopicPartition]:
+        """Partitions revoked since the last call (their entity state must go)."""
+        with self.rebalance.lock:
+            revoked, self.rebalance.revoked = self.rebalance.revoked, set()
+        return revoked
+
     def assigned(self) -> int:
         return len(self.consumer.assignment()) if self.consumer is not None else 0
 

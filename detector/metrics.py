@@ -223,6 +223,26 @@ class Metrics:
         for result in ("ok", "failed"):
             self.reloads.labels(result)
         self.recent = RecentQuantiles(r)
+        self.alert_events = Counter(
+            "vigil_alert_events",
+            "Anomaly events published, by episode state.",
+            ["state"],
+            registry=r,
+        )
+        for state in ("open", "continue", "close"):
+            self.alert_events.labels(state)
+        self.warmup = Counter(
+            "vigil_warmup_samples",
+            "Samples that only filled an entity's window (not scored).",
+            registry=r,
+        )
+        self.late = Counter(
+            "vigil_late_samples", "Samples dropped as older than their entity's newest.", registry=r
+        )
+        self.entities = Gauge("vigil_entities_tracked", "Entities with window state.", registry=r)
+        self.evictions = Counter(
+            "vigil_entity_evictions", "Entity states evicted (bound or idle TTL).", registry=r
+        )
         self.shadow_scored = Counter(
             "vigil_shadow_messages_scored", "Messages scored by the shadow model.", registry=r
         )

@@ -22,12 +22,14 @@ from kafka.errors import CommitFailedError, KafkaConfigurationError, KafkaError
 
 from detector.bundle import Bundle, load_bundle
 from detector.decode import Decoded, Mapping, decode_batch
+from detector.episodes import Episodes
 from detector.errors import ConfigError, PublishError
 from detector.events import (
     CONTENT_TYPE,
     Outgoing,
     Source,
     dlq_headers,
+    iso_ms,
     make_event,
     make_score_record,
 )
@@ -39,6 +41,7 @@ from detector.registry import resolve
 from detector.reload import ModelWatcher, mapping_with
 from detector.scorer import Decisions, Scorer, Scores, decide
 from detector.settings import Settings
+from detector.state import EntityState
 
 __all__ = ["Detector", "mapping_for", "run"]
 
@@ -80,6 +83,10 @@ class Detector:
         self.settings, self.source, self.sink = settings, source, sink
         self.metrics, self.health, self.stop = metrics, health, stop
         self.watcher, self.shadow = watcher, shadow
+        a = settings.alerts
+        self.episodes = Episodes(
+            a.k, a.n, a.close_after, a.continue_every, settings.state.max_entities
+        )
         self.mapping = mapping_for(settings, scorer.bundle)
         self._serve(scorer)
         if shadow is not None:
@@ -93,7 +100,22 @@ class Detector:
             metrics.shadow_threshold.set(shadow.threshold)
 
     def _serve(self, scorer: Scorer) -> None:
-        """Make `scorer` the live model. Called at start and between two batches."""
+        """Make `scorer` the live model. Called at start and between two batches.
+        Entity state survives a swap when window and features are unchanged."""
+        old = getattr(self, "scorer", None)
+        keep = (
+            old is not None
+            and old.window == scorer.window
+            and list(old.features) == list(scorer.features)
+        )
+        if scorer.window == 1:
+            self.state = None
+        elif not keep or self.state is None:
+            st = self.settings.state
+            self.state = EntityState(
+                scorer.window, len(scorer.features), st.max_entities, st.idle_ttl_s
+            )
+            self._evicted_seen = 0
         self.scorer = scorer
         self.mapping = mapping_with(self.mapping, scorer.bundle)
         self.threshold = self.settings.model.threshold or scorer.threshold
@@ -106,6 +128,13 @@ class Detector:
 
     # -- the loop ------------------------------------------------------------------------
     def step(self) -> int:
+        revoked = self.source.take_revoked()
+        if revoked:
+            gone = {(tp.topic, tp.partition) for tp in revoked}
+            self.episodes.drop_partitions(gone)
+            if self.state is not None:
+                dropped = self.state.drop_partitions(gone)
+                log.info("dropped the window state of %d entities of revoked partitions", dropped)
         if self.watcher is not None:
             candidate = self.watcher.take()
             if candidate is not None:
@@ -129,15 +158,16 @@ class Detector:
         started = time.perf_counter()
         values = [r.value for r in batch]
         decoded = decode_batch(values, self.mapping)
+        event_ms = self._event_times(batch, decoded)
+        inputs, decoded, event_ms = self._windows(batch, decoded, event_ms)
         t0 = time.perf_counter()
-        scores = self.scorer.score(decoded.x)
+        scores = self.scorer.score(inputs)
         self.metrics.inference.observe(time.perf_counter() - t0)
         decisions = decide(scores, self.threshold, self.settings.model.top_features)
         if self.shadow is not None:
-            self._score_shadow(decoded.x)
+            self._score_shadow(inputs)
         if self.watcher is not None:
             self.watcher.observe(values)
-        event_ms = self._event_times(batch, decoded)
         outgoing = self._outgoing(batch, decoded, scores, decisions, event_ms)
         self._deliver(outgoing)  # blocks until acknowledged, retrying; raises Stopped
         try:
@@ -150,10 +180,47 @@ class Detector:
         self._record(batch, decoded, scores, decisions, event_ms, outgoing, started)
 
     # -- helpers -------------------------------------------------------------------------
+    def _windows(
+        self, batch: list[ConsumerRecord], decoded: Decoded, event_ms: np.ndarray
+    ) -> tuple[np.ndarray, Decoded, np.ndarray]:
+        """Model inputs, and the decoded rows and event times they decide. Windowed models
+        see [M, W, F] windows from per-entity state; warm-up and late rows drop out here
+        (counted, never dead-lettered)."""
+        if self.state is None:
+            return decoded.x, decoded, event_ms
+        idx = decoded.index
+        keys = decoded.keys
+        if keys is None:
+            keys = [
+                k.decode("utf-8", "replace") if (k := batch[i].key) is not None else None
+                for i in idx
+            ]
+        w = self.state.windows(
+            [batch[i].topic for i in idx],
+            np.fromiter((batch[i].partition for i in idx), dtype=np.int64, count=len(idx)),
+            keys,
+            event_ms,
+            decoded.x,
+        )
+        m = self.metrics
+        m.warmup.inc(w.warmup)
+        m.late.inc(w.late)
+        m.entities.set(len(self.state))
+        m.evictions.inc(self.state.evicted - self._evicted_seen)
+        self._evicted_seen = self.state.evicted
+        sub = Decoded(
+            x=decoded.x[w.rows],
+            index=idx[w.rows],
+            keys=[keys[r] for r in w.rows] if decoded.keys is not None else None,
+            times_ms=decoded.times_ms[w.rows] if decoded.times_ms is not None else None,
+            rejects=decoded.rejects,
+        )
+        return w.x, sub, event_ms[w.rows]
+
     def _score_shadow(self, x: np.ndarray) -> None:
         """The candidate scores the same rows; it publishes nothing, only metrics."""
         assert self.shadow is not None
-        s = self.shadow.score(x[:, self._shadow_order]).score
+        s = self.shadow.score(x[..., self._shadow_order]).score
         self.metrics.shadow_scored.inc(len(s))
         self.metrics.shadow_anomalies.inc(int((s > self.shadow.threshold).sum()))
         self.metrics.shadow_scores.observe_many(s)
@@ -185,7 +252,18 @@ class Detector:
         headers = [("content-type", CONTENT_TYPE), ("vigil.model.version", version.encode())]
         out: list[Outgoing] = []
         now_ms = time.time() * 1000.0
-        for j in np.flatnonzero(decisions.anomaly):
+
+        def key_of(j: int) -> tuple[str, int, str]:
+            r = batch[decoded.index[j]]
+            return r.topic, r.partition, self._key(r, decoded, j) or ""
+
+        def source_of(j: int) -> str:
+            r = batch[decoded.index[j]]
+            return f"{r.topic}/{r.partition}/{r.offset}"
+
+        transitions = self.episodes.update(decisions.anomaly, event_ms, key_of, source_of)
+        for tr in transitions:
+            j = tr.row
             r = batch[decoded.index[j]]
             key = self._key(r, decoded, j)
             event = make_event(
@@ -201,6 +279,12 @@ class Detector:
                 expected=scores.reconstruction[j],
                 top_index=decisions.top_index[j],
                 top_share=decisions.top_share[j],
+                episode={
+                    "id": tr.episode_id,
+                    "state": tr.state,
+                    "started_at": iso_ms(tr.started_ms),
+                    "alarms": tr.alarms,
+                },
             )
             out.append(
                 Outgoing(
@@ -210,6 +294,7 @@ class Detector:
                     headers,
                 )
             )
+            self.metrics.alert_events.labels(tr.state).inc()
         for rej in decoded.rejects:
             r = batch[rej.index]
             src = Source(r.topic, r.partition, r.offset)

@@ -34,12 +34,14 @@ from pydantic_settings import (
 from detector.errors import ConfigError
 
 __all__ = [
+    "AlertSettings",
     "BatchSettings",
     "HttpSettings",
     "KafkaSettings",
     "ModelSettings",
     "PayloadSettings",
     "Settings",
+    "StateSettings",
     "TopicSettings",
     "load_settings",
     "masked",
@@ -167,6 +169,29 @@ class ModelSettings(_Section):
     top_features: int = Field(default=3, ge=0, le=100)
 
 
+class AlertSettings(_Section):
+    """Alarm persistence: an episode opens when k of an entity's last n decisions alarm,
+    and closes after `close_after` normal decisions in a row."""
+
+    k: int = Field(default=1, ge=1)
+    n: int = Field(default=1, ge=1, le=10_000)
+    close_after: int = Field(default=3, ge=1)
+    continue_every: int = Field(
+        default=1, ge=0
+    )  # publish every Nth alarm of an open episode; 0: none
+
+    @model_validator(mode="after")
+    def _k_le_n(self) -> AlertSettings:
+        return _raise_all(self, ["k must not exceed n"] if self.k > self.n else [])
+
+
+class StateSettings(_Section):
+    """Per-entity windows of windowed models."""
+
+    max_entities: int = Field(default=100_000, ge=1)
+    idle_ttl_s: float = Field(default=3600.0, gt=0)
+
+
 class BatchSettings(_Section):
     max_size: int = Field(default=2_000, ge=1, le=1_000_000)
     max_wait_ms: int = Field(default=20, ge=0, le=60_000)
@@ -195,6 +220,8 @@ class Settings(BaseSettings):
     payload: PayloadSettings = PayloadSettings()
     model: ModelSettings = Field(default_factory=ModelSettings, validate_default=True)
     batch: BatchSettings = BatchSettings()
+    state: StateSettings = StateSettings()
+    alerts: AlertSettings = AlertSettings()
     http: HttpSettings = HttpSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"

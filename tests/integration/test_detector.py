@@ -72,7 +72,9 @@ def test_end_to_end_events_offsets_and_metrics(
             60,
             "offsets committed to the end",
         )
-        events = read_all(kafka_bootstrap, f"{topic}.anomalies")
+        published = read_all(kafka_bootstrap, f"{topic}.anomalies")
+        closes = [e for e in published if orjson.loads(e.value)["episode"]["state"] == "close"]
+        events = [e for e in published if e not in closes]
         scores = read_all(kafka_bootstrap, f"{topic}.scores")
         n = len(records)
         assert d.metric("vigil_messages_consumed_total", {"topic": topic}) == n
@@ -97,6 +99,13 @@ def test_end_to_end_events_offsets_and_metrics(
         assert headers["vigil.model.version"].decode() == body["model"]["version"]
         assert body["severity"] > 1 and len(body["top_features"]) == 3
     assert flagged == set(np.flatnonzero(want))
+    # Episodes open on an alarm and close after normal decisions: one stream per fault.
+    opened = {
+        orjson.loads(e.value)["episode"]["id"]
+        for e in events
+        if orjson.loads(e.value)["episode"]["state"] == "open"
+    }
+    assert closes and {orjson.loads(e.value)["episode"]["id"] for e in closes} <= opened
     # And they are the faults: most labelled rows alarm, few normal rows do.
     recall = want[labels == 1].mean()
     false_alarms = want[labels == 0].mean()
@@ -200,6 +209,7 @@ def test_two_detectors_in_one_group_share_the_work(
         assert a.terminate() == 0
         assert b.terminate() == 0
     events = [orjson.loads(r.value) for r in read_all(kafka_bootstrap, f"{topic}.anomalies")]
+    events = [e for e in events if e["episode"]["state"] != "close"]
     ids = [e["event_id"] for e in events]
     assert len(ids) == len(set(ids)) == int(expected_anomalies(bundle_dir, x).sum())
 

@@ -1,0 +1,138 @@
+"""Per-entity ring buffers for windowed models in the live daemon.
+
+Each (topic, partition, entity key) keeps its last W-1 samples. For a batch, rows are
+grouped by entity with numpy, each entity's new rows are stacked under its history, and
+the windows ending at every new row are cut with one strided view: a loop per entity,
+not per message. The same windows as `detector/windows.py` builds for a file.
+
+Policy, documented in the README:
+- warm-up: an entity's first W-1 samples only fill its buffer; they are not scored,
+  are counted, and never go to the dead-letter topic;
+- late and out-of-order samples (event time older than the newest one of the entity)
+  are dropped and counted: a window is always in time order; equal times are kept;
+- bounded: at most `max_entities` entities (the least recently seen is evicted) and an
+  idle TTL; evictions are counted and an evicted entity warms up again;
+- state belongs to partitions: on revocation it is dropped, on assignment it is rebuilt
+  from the stream (a warm-up after every rebalance or restart).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+__all__ = ["EntityState", "Windowed"]
+
+Key = tuple[str, int, str]  # topic, partition, entity
+
+
+@dataclass(frozen=True)
+class Windowed:
+    x: np.ndarray  # [M, W, F] windows, newest sample last
+    rows: np.ndarray  # [M] positions (in the decoded batch) of each window's newest sample
+    warmup: int  # rows that only filled a buffer
+    late: int  # rows dropped as late or out of order
+
+
+@dataclass
+class _Buffer:
+    samples: np.ndarray  # [<= W-1, F]
+    newest_ms: float
+    seen: float  # monotonic time, for the idle TTL
+
+
+class EntityState:
+    def __init__(
+        self, window: int, n_features: int, max_entities: int = 100_000, idle_ttl_s: float = 3600.0
+    ):
+        self.window, self.n_features = window, n_features
+        self.max_entities, self.idle_ttl_s = max_entities, idle_ttl_s
+        self.buffers: OrderedDict[Key, _Buffer] = OrderedDict()  # least recently seen first
+        self.evicted = 0
+        self._last_sweep = time.monotonic()
+
+    def __len__(self) -> int:
+        return len(self.buffers)
+
+    def windows(
+        self,
+        topics: list[str],
+        partitions: np.ndarray,
+        keys: list[str | None],
+        times_ms: np.ndarray,
+        x: np.ndarray,
+    ) -> Windowed:
+        """Windows for the decoded rows `x` (batch order = time order per partition)."""
+        w, n = self.window, len(x)
+        if n == 0:
+            return Windowed(
+                np.zeros((0, w, self.n_features), np.float32), np.zeros(0, np.int64), 0, 0
+            )
+        ident = np.array(
+            [f"{t}\x00{p}\x00{k}" for t, p, k in zip(topics, partitions, keys, strict=True)]
+        )
+        _, inverse = np.unique(ident, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.flatnonzero(np.diff(inverse[order])) + 1
+        now = time.monotonic()
+        out_x, out_rows = [], []
+        warmup = late = 0
+        for group in np.split(order, bounds):
+            first = group[0]
+            key: Key = (topics[first], int(partitions[first]), keys[first] or "")
+            buf = self.buffers.pop(key, None)
+            t = np.nan_to_num(times_ms[group], nan=-np.inf)
+            newest = buf.newest_ms if buf is not None else -np.inf
+            running = np.maximum.accumulate(np.concatenate([[newest], t]))[:-1]
+            ok = t >= running
+            late += int((~ok).sum())
+            group, t = group[ok], t[ok]
+            hist = buf.samples if buf is not None else np.zeros((0, self.n_features), np.float32)
+            stacked = np.concatenate([hist, x[group]]) if len(group) else hist
+            h = len(hist)
+            # the new row at stacked position h+i has a full window when h+i >= W-1
+            first_full = max(0, w - 1 - h)
+            warmup += min(len(group), first_full)
+            if len(group) > first_full:
+                views = sliding_window_view(stacked, w, axis=0)  # [len-W+1, F, W]
+                starts = np.arange(h + first_full, h + len(group)) - (w - 1)
+                out_x.append(views[starts].transpose(0, 2, 1))
+                out_rows.append(group[first_full:])
+            keep = stacked[-(w - 1) :] if w > 1 else stacked[:0]
+            self.buffers[key] = _Buffer(
+                np.array(keep, dtype=np.float32), float(t.max()) if len(t) else newest, now
+            )
+        self._bound(now)
+        if not out_x:
+            return Windowed(
+                np.zeros((0, w, self.n_features), np.float32), np.zeros(0, np.int64), warmup, late
+            )
+        rows = np.concatenate(out_rows)
+        xs = np.concatenate(out_x)
+        back = np.argsort(rows, kind="stable")  # back to batch order
+        return Windowed(np.ascontiguousarray(xs[back], dtype=np.float32), rows[back], warmup, late)
+
+    def drop_partitions(self, revoked: Iterable[tuple[str, int]]) -> int:
+        gone = set(revoked)
+        keys = [k for k in self.buffers if (k[0], k[1]) in gone]
+        for k in keys:
+            del self.buffers[k]
+        return len(keys)
+
+    def _bound(self, now: float) -> None:
+        while len(self.buffers) > self.max_entities:
+            self.buffers.popitem(last=False)
+            self.evicted += 1
+        if now - self._last_sweep > min(60.0, self.idle_ttl_s):
+            self._last_sweep = now
+            while self.buffers:
+                oldest = next(iter(self.buffers.values()))
+                if now - oldest.seen <= self.idle_ttl_s:
+                    break
+                self.buffers.popitem(last=False)
+                self.evicted += 1
