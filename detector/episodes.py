@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 __all__ = ["Episodes", "Transition"]
 
-Key = tuple[str, int, str]
+Key = Hashable  # the entity key (bytes or str)
 _NAMESPACE = uuid.UUID("0b5f2c8e-6a0e-4a5e-9a57-7669676c0002")
 
 
@@ -30,6 +30,7 @@ class _Track:
     started_ms: float | None = None
     alarms: int = 0
     normal_run: int = 0
+    partition: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -60,26 +61,27 @@ class Episodes:
         self,
         alarm: np.ndarray,
         event_ms: np.ndarray,
-        key_of: Callable[[int], Key],
-        source_of: Callable[[int], str],
+        keys: Sequence[Key],
+        source_of: Callable[[int], tuple[str, int, int]],
     ) -> list[Transition]:
         """Feed a batch's decisions in order; return the rows that publish an event.
-        Only alarming rows and rows of tracked entities are looked at one by one."""
+        Only alarming rows and rows of entities with an open track are looked at one by
+        one; `source_of(j)` gives the (topic, partition, offset) of row j."""
         out: list[Transition] = []
         tracked = self.tracks
-        if tracked:
-            candidates = range(len(alarm))
-        else:  # nothing happens before the first alarm of the batch
-            first = np.flatnonzero(alarm)
-            candidates = range(int(first[0]), len(alarm)) if len(first) else range(0)
-        for j in candidates:
+        relevant = set(tracked) | {keys[j] for j in np.flatnonzero(alarm)}
+        if not relevant:
+            return out
+        mask = np.fromiter((k in relevant for k in keys), dtype=bool, count=len(keys))
+        for j in np.flatnonzero(mask):
             a = bool(alarm[j])
-            key = key_of(j)
+            key = keys[j]
             t = tracked.get(key)
             if t is None:
                 if not a:
                     continue
-                t = tracked[key] = _Track(recent=deque(maxlen=self.n))
+                topic, partition, _ = source_of(j)
+                t = tracked[key] = _Track(recent=deque(maxlen=self.n), partition=(topic, partition))
             tracked.move_to_end(key)
             t.recent.append(a)
             if t.open:
@@ -96,7 +98,7 @@ class Episodes:
             elif a and sum(t.recent) >= self.k:
                 t.open, t.alarms, t.normal_run = True, 1, 0
                 t.started_ms = float(event_ms[j]) if np.isfinite(event_ms[j]) else None
-                t.episode_id = str(uuid.uuid5(_NAMESPACE, source_of(j)))
+                t.episode_id = str(uuid.uuid5(_NAMESPACE, "/".join(map(str, source_of(j)))))
                 out.append(Transition(j, "open", t.episode_id, t.started_ms, 1))
             elif not any(t.recent):
                 del tracked[key]
@@ -105,5 +107,5 @@ class Episodes:
         return out
 
     def drop_partitions(self, revoked: set[tuple[str, int]]) -> None:
-        for key in [k for k in self.tracks if (k[0], k[1]) in revoked]:
+        for key in [k for k, t in self.tracks.items() if t.partition in revoked]:
             del self.tracks[key]

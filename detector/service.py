@@ -253,15 +253,14 @@ class Detector:
         out: list[Outgoing] = []
         now_ms = time.time() * 1000.0
 
-        def key_of(j: int) -> tuple[str, int, str]:
+        def source_of(j: int) -> tuple[str, int, int]:
             r = batch[decoded.index[j]]
-            return r.topic, r.partition, self._key(r, decoded, j) or ""
+            return r.topic, r.partition, r.offset
 
-        def source_of(j: int) -> str:
-            r = batch[decoded.index[j]]
-            return f"{r.topic}/{r.partition}/{r.offset}"
-
-        transitions = self.episodes.update(decisions.anomaly, event_ms, key_of, source_of)
+        keys = decoded.keys if decoded.keys is not None else [batch[i].key for i in decoded.index]
+        transitions = self.episodes.update(decisions.anomaly, event_ms, keys, source_of)
+        for state, n in Counter(tr.state for tr in transitions).items():
+            self.metrics.alert_events.labels(state).inc(n)
         for tr in transitions:
             j = tr.row
             r = batch[decoded.index[j]]
@@ -294,7 +293,6 @@ class Detector:
                     headers,
                 )
             )
-            self.metrics.alert_events.labels(tr.state).inc()
         for rej in decoded.rejects:
             r = batch[rej.index]
             src = Source(r.topic, r.partition, r.offset)

@@ -6,9 +6,7 @@ from detector.episodes import Episodes
 
 def run(ep: Episodes, alarms: str, key: str = "k") -> list[tuple[int, str, int]]:
     a = np.array([c == "x" for c in alarms])
-    out = ep.update(
-        a, np.arange(len(a), dtype=float), lambda j: ("t", 0, key), lambda j: f"t/0/{j}"
-    )
+    out = ep.update(a, np.arange(len(a), dtype=float), [key] * len(a), lambda j: ("t", 0, j))
     return [(t.row, t.state, t.alarms) for t in out]
 
 
@@ -43,8 +41,8 @@ def test_continue_events_can_be_thinned_and_episodes_are_per_entity() -> None:
 
 
 def test_episode_ids_are_stable_for_replays() -> None:
-    a = Episodes().update(np.array([True]), np.zeros(1), lambda j: ("t", 0, "k"), lambda j: "t/0/7")
-    b = Episodes().update(np.array([True]), np.zeros(1), lambda j: ("t", 0, "k"), lambda j: "t/0/7")
+    a = Episodes().update(np.array([True]), np.zeros(1), ["k"], lambda j: ("t", 0, 7))
+    b = Episodes().update(np.array([True]), np.zeros(1), ["k"], lambda j: ("t", 0, 7))
     assert a[0].episode_id == b[0].episode_id
 
 
