@@ -13,16 +13,17 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # System tools the tests use for real: promtool, kcat, systemd-analyze, Java/Maven, Kafka jars.
-tools:
+tools: $(VENV)/.installed
 	scripts/install-tools
 	scripts/kafka-dev fetch
+	scripts/install-deploy-tools
 
 setup: $(VENV)/.installed tools
 
 test: setup lint
 	$(BIN)/pytest
 
-test-fast: $(VENV)/.installed
+test-fast: setup
 	$(BIN)/pytest -m "not kafka and not slow"
 
 lint: $(VENV)/.installed
