@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--transpose", action="store_true")
     s.add_argument("--drop-bad-rows", action="store_true")
     s.add_argument("--threshold", type=float, help="override the bundle's threshold")
+    s.add_argument(
+        "--entity-column",
+        metavar="COL",
+        help="windowed models: the column naming each row's entity; windows are built per "
+        "entity in file order (default: all rows are one entity)",
+    )
     s.add_argument("--top-k", type=int, default=3)
     s.add_argument("--emit-latent", action="store_true", help="add the latent code as columns")
     s.add_argument("--provider", choices=["auto", "cuda", "cpu"], default="auto")
@@ -152,12 +158,20 @@ def _score(a: argparse.Namespace) -> int:
     from detector.scorer import Scorer
 
     scorer = Scorer(load_bundle(a.model), provider=a.provider)
+    trained_per = scorer.bundle.manifest.training.config.get("entity_column")
+    if scorer.window > 1 and trained_per and not a.entity_column:
+        print(
+            f"vigil-detect: warning: the model was trained on windows per '{trained_per}'; "
+            f"without --entity-column {trained_per} all rows are scored as one entity",
+            file=sys.stderr,
+        )
     res = score_file(
         scorer,
         a.data,
         sep=a.sep,
         transpose=a.transpose,
         drop_bad_rows=a.drop_bad_rows,
+        entity_column=a.entity_column,
         threshold=a.threshold,
         top_k=a.top_k,
         latent=a.emit_latent,
@@ -168,6 +182,7 @@ def _score(a: argparse.Namespace) -> int:
             {
                 "rows": n,
                 "anomalies": int(res.decisions.anomaly.sum()),
+                "rows_warmup": int(res.warmup.sum()),
                 "rows_dropped": res.table.rows_dropped,
                 "threshold": res.threshold,
                 "provider": scorer.provider,

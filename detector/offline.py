@@ -1,4 +1,9 @@
-"""Offline scoring of a file: the same Scorer and `decide` the daemon uses."""
+"""Offline scoring of a file: the same Scorer and `decide` the daemon uses.
+
+Windowed bundles score each row as the newest sample of its entity's last W rows, in file
+order (`detector.windows`, the definition the trainer uses too). A row before its entity's
+W-th sample is in warm-up: it has no score and never alarms.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +18,21 @@ import numpy as np
 from detector.errors import DataError
 from detector.scorer import Decisions, Scorer, Scores, decide
 from detector.tables import Table, read_table
+from detector.windows import entity_keys, gather, window_ends
 
 __all__ = ["ScoredFile", "score_file", "write_csv"]
 
 
 @dataclass(frozen=True)
 class ScoredFile:
+    """One entry per input row. Warm-up rows have NaN scores, errors and reconstructions,
+    anomaly False, severity NaN and no top features."""
+
     table: Table
     scores: Scores
     decisions: Decisions
     threshold: float
+    warmup: np.ndarray  # [N] bool: fewer than `window` samples of the row's entity so far
 
 
 def score_file(
@@ -33,18 +43,21 @@ def score_file(
     transpose: bool = False,
     drop_bad_rows: bool = False,
     keep: Sequence[str] = (),
+    entity_column: str | None = None,
     threshold: float | None = None,
     top_k: int = 3,
     latent: bool = False,
     batch_rows: int = 65_536,
 ) -> ScoredFile:
     """Read the manifest's features from a file (by name; headerless matrices by position)
-    and score them in batches."""
+    and score them in batches. `entity_column` names each row's entity for windowed
+    bundles; without it all rows are one entity."""
+    wanted = [*keep, *([entity_column] if entity_column and entity_column not in keep else [])]
     try:
         table = read_table(
             path,
             features=scorer.features,
-            keep=keep,
+            keep=wanted,
             sep=sep,
             transpose=transpose,
             drop_bad_rows=drop_bad_rows,
@@ -53,39 +66,103 @@ def score_file(
         if "unknown column" not in str(e):
             raise
         raise DataError(f"{e}\nThe model expects the features {scorer.features}") from None
-    if scorer.window != 1:
-        raise DataError(
-            "offline scoring of windowed models needs per-entity windows (not supported yet)"
-        )
+    n, t = len(table.values), scorer.threshold if threshold is None else threshold
+    if scorer.window == 1:
+        scores = _score_rows(scorer, table.values, latent, batch_rows)
+        return ScoredFile(table, scores, decide(scores, t, top_k), t, np.zeros(n, dtype=bool))
+    entities = None
+    if entity_column:
+        assert table.extra is not None
+        entities = entity_keys(table.extra[entity_column], entity_column)
+    order, ends = window_ends(entities, n, scorer.window)
+    newest = order[ends]
+    xs = table.values[order]
+    per = max(1, batch_rows // scorer.window)  # bounded memory: [per, W, F] at a time
+    parts = _concat(
+        [
+            scorer.score(gather(xs, ends[i : i + per], scorer.window), latent=latent)
+            for i in range(0, len(ends), per)
+        ],
+        len(scorer.features),
+        latent,
+    )
+    warmup = np.ones(n, dtype=bool)
+    warmup[newest] = False
+    return ScoredFile(
+        table,
+        _scatter(parts, newest, n),
+        _scatter_decisions(decide(parts, t, top_k), newest, n),
+        t,
+        warmup,
+    )
+
+
+def _score_rows(scorer: Scorer, x: np.ndarray, latent: bool, batch_rows: int) -> Scores:
     parts = [
-        scorer.score(table.values[i : i + batch_rows], latent=latent)
-        for i in range(0, len(table.values), batch_rows)
+        scorer.score(x[i : i + batch_rows], latent=latent) for i in range(0, len(x), batch_rows)
     ]
-    scores = Scores(
+    return _concat(parts, len(scorer.features), latent)
+
+
+def _concat(parts: list[Scores], n_features: int, latent: bool) -> Scores:
+    if not parts:
+        empty = np.zeros((0, n_features), np.float32)
+        return Scores(np.zeros(0, np.float32), empty, empty, None)
+    return Scores(
         score=np.concatenate([p.score for p in parts]),
         feature_error=np.concatenate([p.feature_error for p in parts]),
         reconstruction=np.concatenate([p.reconstruction for p in parts]),
-        latent=np.concatenate([p.latent for p in parts])
+        latent=np.concatenate([p.latent for p in parts if p.latent is not None])
         if latent and parts[0].latent is not None
         else None,
     )
-    t = scorer.threshold if threshold is None else threshold
-    return ScoredFile(table, scores, decide(scores, t, top_k), t)
+
+
+def _spread(a: np.ndarray, rows: np.ndarray, n: int, fill: float) -> np.ndarray:
+    """The values of the scored `rows` among all n rows; `fill` in the others."""
+    out = np.full((n, *a.shape[1:]), fill, dtype=a.dtype)
+    out[rows] = a
+    return out
+
+
+def _scatter(s: Scores, rows: np.ndarray, n: int) -> Scores:
+    return Scores(
+        score=_spread(s.score, rows, n, np.nan),
+        feature_error=_spread(s.feature_error, rows, n, np.nan),
+        reconstruction=_spread(s.reconstruction, rows, n, np.nan),
+        latent=None if s.latent is None else _spread(s.latent, rows, n, np.nan),
+    )
+
+
+def _scatter_decisions(d: Decisions, rows: np.ndarray, n: int) -> Decisions:
+    return Decisions(
+        anomaly=_spread(d.anomaly, rows, n, False),
+        severity=_spread(d.severity, rows, n, np.nan),
+        top_index=_spread(d.top_index, rows, n, 0),
+        top_share=_spread(d.top_share, rows, n, 0.0),
+    )
 
 
 def write_csv(result: ScoredFile, out: str | os.PathLike[str]) -> int:
-    """One row per input row: score, threshold, anomaly (0/1), top features, latent code."""
+    """One row per input row: score, threshold, anomaly (0/1), top features, warm-up (0/1),
+    latent code. A warm-up row has empty score, severity, features and code."""
     names = result.table.names
     s, d = result.scores, result.decisions
     latent = s.latent
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with Path(out).open("w", newline="") as f:
         w = csv.writer(f)
-        header = ["row", "score", "threshold", "anomaly", "severity", "top_features"]
+        header = ["row", "score", "threshold", "anomaly", "severity", "top_features", "warmup"]
         if latent is not None:
             header += [f"latent_{i}" for i in range(latent.shape[1])]
         w.writerow(header)
         for i in range(len(s.score)):
+            if result.warmup[i]:
+                row = [i + 1, "", f"{result.threshold:.6g}", 0, "", "", 1]
+                if latent is not None:
+                    row += [""] * latent.shape[1]
+                w.writerow(row)
+                continue
             top = ";".join(
                 f"{names[j]}:{share:.3f}"
                 for j, share in zip(d.top_index[i], d.top_share[i], strict=True)
@@ -97,6 +174,7 @@ def write_csv(result: ScoredFile, out: str | os.PathLike[str]) -> int:
                 int(d.anomaly[i]),
                 f"{d.severity[i]:.4g}",
                 top,
+                0,
             ]
             if latent is not None:
                 row += [f"{v:.6g}" for v in latent[i]]

@@ -10,7 +10,31 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-__all__ = ["gather", "table_windows", "window_ends"]
+from detector.errors import DataError
+
+__all__ = ["entity_keys", "gather", "table_windows", "window_ends"]
+
+
+def entity_keys(values: np.ndarray, column: str = "entity") -> np.ndarray:
+    """Entity ids as a sortable array: numbers stay numbers, anything else becomes text (a
+    file may mix 7 and "7"). A missing id is an error naming the first such row, because
+    such a row belongs to no entity's window."""
+    v = np.asarray(values)
+    if v.dtype.kind in "iub":
+        return v
+    if v.dtype.kind == "f":
+        missing = np.isnan(v)
+    elif v.dtype.kind in "UST":
+        missing = np.zeros(len(v), dtype=bool)
+    else:
+        missing = np.equal(v, None) | np.not_equal(v, v)  # None, or NaN (the one x != x)
+    if missing.any():
+        r = int(np.argmax(missing))
+        raise DataError(
+            f"row {r + 1}: the entity column '{column}' is empty ({int(missing.sum())} such "
+            "rows); every row needs an entity id to be placed in its entity's windows"
+        )
+    return v if v.dtype.kind == "f" else v.astype(str)
 
 
 def window_ends(entities: np.ndarray | None, n: int, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,6 +59,8 @@ def gather(x_sorted: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
     """[len(ends), W, F] windows ending at `ends` of rows already in entity order."""
     if window == 1:
         return x_sorted[ends][:, None, :]
+    if len(ends) == 0:  # also when there are fewer rows than `window`: no view to take
+        return np.empty((0, window, x_sorted.shape[1]), dtype=x_sorted.dtype)
     views = sliding_window_view(x_sorted, window, axis=0)  # [N-W+1, F, W], no copy
     return np.ascontiguousarray(views[ends - window + 1].transpose(0, 2, 1))
 

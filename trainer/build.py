@@ -1,4 +1,9 @@
-"""From normal data to a bundle: split, fit, export, calibrate, write."""
+"""From normal data to a bundle: split, fit, export, calibrate, write.
+
+The split is by rows in time order (file order); each part's windows are built on its own
+rows, per entity, so that no window straddles two entities or two parts: a held-out score
+is always that of a model that never saw the window's newest sample.
+"""
 
 from __future__ import annotations
 
@@ -29,9 +34,9 @@ from detector.bundle import (
 from detector.scorer import Scorer
 from trainer.calibrate import error_stats, pot_threshold, quantile_threshold
 from trainer.config import TrainConfig
-from trainer.data import Dataset, time_split
+from trainer.data import Dataset, Windows, group_codes, time_split
 from trainer.export import check_parity, export_onnx, with_metadata
-from trainer.fit import FitResult, fit
+from trainer.fit import FitResult, as_windows, fit
 from trainer.report import render_report
 
 __all__ = ["build_bundle", "calibrate", "cross_fitted_scores"]
@@ -46,23 +51,42 @@ def calibrate(scores: np.ndarray, cfg: TrainConfig) -> Threshold:
     return quantile_threshold(scores, q=cfg.quantile, margin=cfg.margin)
 
 
-def _scores(model: torch.nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _scores(model: torch.nn.Module, x: np.ndarray | Windows) -> tuple[np.ndarray, np.ndarray]:
+    """Scores [M] and feature errors [M, F] of rows or windows, in bounded batches."""
+    parts = []
     with torch.no_grad():
-        score, fe, *_ = model(torch.from_numpy(x))
-    return score.numpy(), fe.numpy()
+        for xb in as_windows(x, 1).batches(65536):
+            score, fe, *_ = model(torch.from_numpy(xb))
+            parts.append((score.numpy(), fe.numpy()))
+    if not parts:
+        raise ValueError("no windows to score: hold out more rows per entity or lower --window")
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def cross_fitted_scores(x: np.ndarray, cfg: TrainConfig, progress: bool) -> np.ndarray:
-    """Score every row with a model fitted on the other K-1 time blocks."""
+def cross_fitted_scores(
+    x: np.ndarray,
+    cfg: TrainConfig,
+    progress: bool,
+    entities: np.ndarray | None = None,
+) -> np.ndarray:
+    """Score every row with a model fitted on the other K-1 time blocks. With windows, the
+    rows in their entity's warm-up within a block have no window and are left out."""
     blocks = np.array_split(np.arange(len(x)), cfg.folds)
-    out = np.empty(len(x), dtype=np.float32)
+    # A window never spans two blocks: the training rows of a fold join blocks that are not
+    # neighbours in time. So the group key is (entity, block).
+    block_of = np.repeat(np.arange(cfg.folds), [len(b) for b in blocks])
+    groups = group_codes(entities, len(x)) * cfg.folds + block_of
+    scores: list[np.ndarray] = []
     for k, idx in enumerate(blocks):
         rest = np.concatenate([b for j, b in enumerate(blocks) if j != k])
         tr, va, _ = time_split(len(rest), cfg.validation_fraction, 0.0)
-        fold = fit(x[rest][tr], x[rest][va], replace(cfg, seed=cfg.seed + k + 1), progress)
-        out[idx] = _scores(fold.model, x[idx])[0]
-        log.info("fold %d/%d: %d held-out rows scored", k + 1, cfg.folds, len(idx))
-    return out
+        train = Windows.build(x, cfg.window, groups, rest[tr])
+        val = Windows.build(x, cfg.window, groups, rest[va])
+        fold = fit(train, val, replace(cfg, seed=cfg.seed + k + 1), progress)
+        held_out = Windows.build(x, cfg.window, groups, idx)
+        scores.append(_scores(fold.model, held_out)[0])
+        log.info("fold %d/%d: %d held-out windows scored", k + 1, cfg.folds, len(held_out))
+    return np.concatenate(scores)
 
 
 def _libraries() -> dict[str, str]:
@@ -76,13 +100,24 @@ def _libraries() -> dict[str, str]:
     }
 
 
+def _score_text(cfg: TrainConfig) -> str:
+    units = "min-max scaled units" if cfg.loss == "bce" else "standardised units (z-scores)"
+    if cfg.window == 1:
+        return f"mean squared reconstruction error over features, in {units}"
+    return (
+        "mean squared reconstruction error over features of the newest sample of each window "
+        f"(the last {cfg.window} samples of one entity, oldest first), in {units}"
+    )
+
+
 def build_bundle(data: Dataset, cfg: TrainConfig, out: str | Path, progress: bool = True) -> Bundle:
-    x = data.values
+    cfg.check()
+    x, groups = data.values, group_codes(data.entities, len(data.values))
     if cfg.folds > 1:
         train, val, _ = time_split(len(x), cfg.validation_fraction, 0.0)
-        cal_scores = cross_fitted_scores(x, cfg, progress)
+        cal_scores = cross_fitted_scores(x, cfg, progress, data.entities)
         cal_rows = len(x)
-        golden_x = x[val][:GOLDEN_ROWS]
+        cal = val  # golden sample
     else:
         train, val, cal = time_split(len(x), cfg.validation_fraction, cfg.calibration_fraction)
         if cal.stop == cal.start:  # no calibration block: calibrate on validation data
@@ -91,29 +126,37 @@ def build_bundle(data: Dataset, cfg: TrainConfig, out: str | Path, progress: boo
             val = cal
         cal_scores = None
         cal_rows = cal.stop - cal.start
-        golden_x = x[cal][:GOLDEN_ROWS]
-    if len(x[val]) == 0:
+    if val.stop == val.start:
         raise ValueError("no held-out normal data: set validation or calibration fraction above 0")
-    result: FitResult = fit(x[train], x[val], cfg, progress)
+    train_w, val_w, cal_w = (Windows.build(x, cfg.window, groups, s) for s in (train, val, cal))
+    for part, w in (("validation", val_w), ("calibration", cal_w)):
+        if len(w) == 0:
+            raise ValueError(
+                f"the {part} rows hold no full window of {cfg.window} samples of one entity; "
+                f"raise --{part}-fraction or lower --window"
+            )
+    result: FitResult = fit(train_w, val_w, cfg, progress)
     if cal_scores is None:
-        cal_scores = _scores(result.model, x[cal])[0]
+        cal_scores = _scores(result.model, cal_w)[0]
     threshold = calibrate(cal_scores, cfg)
-    val_scores, val_fe = _scores(result.model, x[val])
+    val_scores, val_fe = _scores(result.model, val_w)
+    golden_x = cal_w.take(slice(0, GOLDEN_ROWS))
 
-    graph = export_onnx(result.model, x[train])
+    graph = export_onnx(result.model, train_w.take(slice(0, 16)))
     created = datetime.now(UTC).replace(microsecond=0)
     version = f"{created:%Y%m%dT%H%M%SZ}-{hashlib.sha256(graph).hexdigest()[:8]}"
     essentials = {
         "schema_version": 1,
         "name": cfg.name,
         "version": version,
-        "window": 1,
+        "window": cfg.window,
+        "model_type": cfg.model,
         "features": data.names,
         "threshold": threshold.value,
         "threshold_method": threshold.method,
     }
     model_bytes = with_metadata(graph, {"vigil." + k: json.dumps(v) for k, v in essentials.items()})
-    parity = check_parity(model_bytes, result.model, x[val][:4096])
+    parity = check_parity(model_bytes, result.model, val_w.take(slice(0, 4096)))
 
     manifest = Manifest(
         schema_version=1,
@@ -121,11 +164,8 @@ def build_bundle(data: Dataset, cfg: TrainConfig, out: str | Path, progress: boo
         version=version,
         created_at=created,
         features=data.names,
-        window=1,
-        score=(
-            "mean squared reconstruction error over features, in "
-            + ("min-max scaled units" if cfg.loss == "bce" else "standardised units (z-scores)")
-        ),
+        window=cfg.window,
+        score=_score_text(cfg),
         threshold=threshold,
         feature_error=error_stats(val_fe),
         training=Training(
@@ -139,7 +179,15 @@ def build_bundle(data: Dataset, cfg: TrainConfig, out: str | Path, progress: boo
             validation_loss=result.val_loss[result.best_epoch - 1],
             duration_seconds=round(result.seconds, 3),
             device=result.device,
-            config=cfg.to_dict() | {"rows_dropped": data.rows_dropped},
+            config=cfg.to_dict()
+            | {
+                "rows_dropped": data.rows_dropped,
+                "windows": {
+                    "train": len(train_w),
+                    "validation": len(val_w),
+                    "calibration": len(cal_scores),
+                },
+            },
         ),
         validation={
             "loss": result.val_loss[result.best_epoch - 1],

@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from detector.errors import VigilError
-from trainer.config import TrainConfig
+from trainer.config import MODELS, TrainConfig
 
 __all__ = ["main"]
 
@@ -60,7 +60,36 @@ def _parser() -> argparse.ArgumentParser:
     _add_input_options(f)
     f.add_argument("--name", default=d.name)
     f.add_argument(
-        "--hidden", type=_ints, default=d.hidden, help=f"encoder widths (default {d.hidden})"
+        "--model",
+        choices=MODELS,
+        default=d.model,
+        help="dense (rows, or flattened windows), conv (1-D convolutional), lstm or gru "
+        f"(recurrent); conv, lstm and gru need --window 2 or more (default {d.model})",
+    )
+    f.add_argument(
+        "--window",
+        type=int,
+        default=d.window,
+        help="samples per window: the model sees each entity's last W samples and scores the "
+        f"newest (default {d.window}: single rows)",
+    )
+    f.add_argument(
+        "--entity-column",
+        metavar="COL",
+        default=d.entity_column,
+        help="column naming the entity (machine, pump, account) of each row: windows are built "
+        "per entity in file order and never straddle two; never a feature. Without it all "
+        "rows are one entity",
+    )
+    f.add_argument(
+        "--hidden",
+        type=_ints,
+        default=d.hidden,
+        help="layer sizes, mirrored by the decoder: dense widths, conv channels or recurrent "
+        f"units (default {','.join(map(str, d.hidden))})",
+    )
+    f.add_argument(
+        "--kernel-size", type=int, default=d.kernel_size, help="conv: taps over time (odd)"
     )
     f.add_argument("--latent", type=int, default=d.latent)
     f.add_argument("--activation", choices=["relu", "tanh", "gelu"], default=d.activation)
@@ -100,6 +129,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--label-column", required=True)
     e.add_argument("--plot", type=Path, help="timeline PNG (default: <data>.timeline.png)")
     e.add_argument("--threshold", type=float, help="override the bundle's threshold")
+    e.add_argument(
+        "--entity-column",
+        metavar="COL",
+        help="windowed models: the column naming each row's entity (default: one entity)",
+    )
     _add_input_options(e)
 
     p = sub.add_parser("publish", help="copy a bundle into a model registry and make it current")
@@ -133,10 +167,12 @@ def _config(a: argparse.Namespace) -> TrainConfig:
 
 
 def _fit(a: argparse.Namespace) -> int:
+    cfg = _config(a)
+    cfg.check()  # before loading torch or reading what may be a large file
+
     from trainer import data
     from trainer.build import build_bundle
 
-    cfg = _config(a)
     ds = data.load(
         a.data,
         features=a.features,
@@ -144,6 +180,7 @@ def _fit(a: argparse.Namespace) -> int:
         sep=a.sep,
         transpose=a.transpose,
         drop_bad_rows=a.drop_bad_rows,
+        entity_column=a.entity_column,
     )
     if ds.rows_dropped:
         print(
@@ -158,6 +195,8 @@ def _fit(a: argparse.Namespace) -> int:
                 "name": m.name,
                 "version": m.version,
                 "features": len(m.features),
+                "model": cfg.model,
+                "window": m.window,
                 "rows": len(ds.values),
                 "threshold": m.threshold.model_dump(),
                 "validation": m.validation,
@@ -186,15 +225,18 @@ def _evaluate(a: argparse.Namespace) -> int:
         transpose=a.transpose,
         drop_bad_rows=a.drop_bad_rows,
         keep=[a.label_column],
+        entity_column=a.entity_column,
         threshold=a.threshold,
     )
     labels = np.asarray(res.table.extra[a.label_column]).astype(float) > 0  # type: ignore[index]
-    metrics = detection_metrics(labels, res.scores.score, res.threshold)
+    scored = ~res.warmup  # rows in their entity's warm-up have no score: not counted
+    metrics = detection_metrics(labels[scored], res.scores.score[scored], res.threshold)
     plot = a.plot or Path(f"{a.data}.timeline.png")
     plot.write_bytes(
         timeline_plot(res.scores.score, labels, res.threshold, f"{a.model.name} on {a.data}")
     )
-    print(json.dumps(metrics | {"plot": str(plot)}, indent=2))
+    extra = {"rows_warmup": int(res.warmup.sum()), "plot": str(plot)}
+    print(json.dumps(metrics | extra, indent=2))
     return 0
 
 

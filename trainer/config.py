@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-__all__ = ["TrainConfig"]
+__all__ = ["MODELS", "TrainConfig"]
 
 Variant = Literal["plain", "denoising", "sparse", "contractive"]
+ModelKind = Literal["dense", "conv", "lstm", "gru"]
+MODELS: tuple[str, ...] = get_args(ModelKind)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # -- network: dense encoder widths, mirrored by the decoder --------------------------
+    # -- network ----------------------------------------------------------------------------
+    # dense: an MLP (on the flattened window when window > 1); conv: 1-D convolutions over
+    # time; lstm / gru: a recurrent encoder and decoder. Windowed models see the last
+    # `window` samples of one entity and score the newest; window 1 is a dense model on
+    # single rows (input [N, F]).
+    model: ModelKind = "dense"
+    window: int = 1
+    entity_column: str | None = None  # windows never straddle two entities; None: one entity
+    # Layer sizes, mirrored by the decoder: dense widths, conv channels, recurrent units.
     hidden: tuple[int, ...] = (64, 32)
+    kernel_size: int = 3  # conv: taps over time (odd keeps the window centred)
     latent: int = 0  # 0: auto, max(2, min(16, features // 3)); must stay below the feature count
     activation: Literal["relu", "tanh", "gelu"] = "gelu"
     # -- regularised variants (the classic autoencoder literature) -----------------------
@@ -49,6 +60,20 @@ class TrainConfig:
 
     def latent_for(self, n_features: int) -> int:
         return self.latent or max(2, min(16, n_features // 3))
+
+    def check(self) -> None:
+        """Reject combinations that cannot work, with what to change."""
+        if self.window < 1:
+            raise ValueError(f"--window must be 1 or more, got {self.window}")
+        if self.model != "dense" and self.window < 2:
+            raise ValueError(
+                f"--model {self.model} looks at a sequence: give it --window 2 or more "
+                "(e.g. --window 10), or use --model dense for single rows"
+            )
+        if self.kernel_size < 1:
+            raise ValueError(f"--kernel-size must be 1 or more, got {self.kernel_size}")
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"--hidden needs at least one positive size, got {self.hidden}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

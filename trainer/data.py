@@ -1,17 +1,20 @@
-"""Training data: several files in time order, one feature list, a time-ordered split."""
+"""Training data: several files in time order, one feature list, a time-ordered split, and
+windows of each entity's last W samples assembled lazily per mini-batch."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from detector.bundle import DataFile, sha256_file
 from detector.errors import DataError
 from detector.tables import read_table
+from detector.windows import entity_keys, gather, window_ends
 
-__all__ = ["Dataset", "load", "time_split"]
+__all__ = ["Dataset", "Windows", "group_codes", "load", "time_split"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,7 @@ class Dataset:
     values: np.ndarray  # [N, F] float32, finite, in time order
     files: list[DataFile]
     rows_dropped: int
+    entities: np.ndarray | None = None  # [N] entity id of each row; None: one entity
 
 
 def load(
@@ -30,15 +34,26 @@ def load(
     sep: str | None = None,
     transpose: bool = False,
     drop_bad_rows: bool = False,
+    entity_column: str | None = None,
 ) -> Dataset:
     if not paths:
         raise DataError("no data files given (--data PATH)")
+    keep: list[str] = []
+    if entity_column:
+        if features and entity_column in features:
+            raise DataError(
+                f"the entity column '{entity_column}' names entities; it cannot also be a feature"
+            )
+        keep = [entity_column]
+        if not features:  # never a feature, whether or not --drop names it
+            drop = [*(drop or []), *([] if entity_column in (drop or []) else [entity_column])]
     tables = []
     for p in paths:
         t = read_table(
             p,
             features=features,
             drop=drop,
+            keep=keep,
             sep=sep,
             transpose=transpose,
             drop_bad_rows=drop_bad_rows,
@@ -49,14 +64,16 @@ def load(
                 "choose the same features with --features"
             )
         tables.append(t)
-    from pathlib import Path
-
     files = [
         DataFile(path=t.source, sha256=sha256_file(Path(t.source)), rows=len(t.values))
         for t in tables
     ]
     values = tables[0].values if len(tables) == 1 else np.concatenate([t.values for t in tables])
-    return Dataset(tables[0].names, values, files, sum(t.rows_dropped for t in tables))
+    entities = None
+    if entity_column:
+        raw = [t.extra[entity_column] for t in tables if t.extra is not None]
+        entities = entity_keys(np.concatenate(raw), entity_column)
+    return Dataset(tables[0].names, values, files, sum(t.rows_dropped for t in tables), entities)
 
 
 def time_split(n: int, validation: float, calibration: float) -> tuple[slice, slice, slice]:
@@ -72,3 +89,59 @@ def time_split(n: int, validation: float, calibration: float) -> tuple[slice, sl
             f"only {n} rows: too few to train (need at least 2 after the held-out parts)"
         )
     return slice(0, n_train), slice(n_train, n_train + n_val), slice(n_train + n_val, n)
+
+
+def group_codes(entities: np.ndarray | None, n: int) -> np.ndarray:
+    """Integer code of each row's entity (all 0 without entities), for combining with
+    segment numbers: windows never straddle an entity or a segment boundary."""
+    if entities is None:
+        return np.zeros(n, dtype=np.int64)
+    return np.unique(entities, return_inverse=True)[1].astype(np.int64).reshape(-1)
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The windows of `window` samples over some rows, per group, in time order.
+
+    Holds the rows once (sorted by group, time order kept) and where each full window ends;
+    `take` assembles a mini-batch with `detector.windows.gather`, so [M, W, F] is never
+    materialised. A window-1 batch is plain rows [B, F] (the dense contract).
+    """
+
+    rows: np.ndarray  # [R, F] float32, grouped
+    ends: np.ndarray  # [M] positions in `rows` where a window ends
+    newest: np.ndarray  # [M] each window's newest row, in the caller's row numbering
+    window: int
+
+    @classmethod
+    def build(
+        cls,
+        x: np.ndarray,
+        window: int,
+        groups: np.ndarray | None = None,
+        rows: slice | np.ndarray = slice(None),
+    ) -> Windows:
+        """Windows over x[rows]; `groups` (one key per row of x) keeps windows apart."""
+        index = np.arange(len(x))[rows]
+        order, ends = window_ends(None if groups is None else groups[index], len(index), window)
+        return cls(x[index[order]], ends, index[order[ends]], window)
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    @property
+    def n_features(self) -> int:
+        return self.rows.shape[1]
+
+    def take(self, idx: np.ndarray | slice) -> np.ndarray:
+        w = gather(self.rows, self.ends[idx], self.window)
+        return w[:, 0, :] if self.window == 1 else w
+
+    def batches(self, size: int) -> Iterator[np.ndarray]:
+        per = max(1, size // self.window)  # bounded memory for long windows
+        for i in range(0, len(self), per):
+            yield self.take(slice(i, i + per))
+
+    def map_rows(self, fn: Callable[[np.ndarray], np.ndarray]) -> Windows:
+        """The same windows over transformed rows (e.g. scaled)."""
+        return Windows(fn(self.rows), self.ends, self.newest, self.window)

@@ -32,8 +32,9 @@ class ExportError(RuntimeError):
 
 
 def export_onnx(model: ScoringModel, example: np.ndarray) -> bytes:
-    """Export with a dynamic batch dimension. The example needs at least 2 rows, or the
-    exporter specialises the batch dimension to 1."""
+    """Export with a dynamic batch dimension (the only dynamic one: window and features are
+    fixed). `example` is rows [B, F] or windows [B, W, F]; it needs at least 2 of them, or
+    the exporter specialises the batch dimension to 1."""
     x = torch.from_numpy(np.ascontiguousarray(example[: max(2, min(len(example), 16))]))
     if len(x) < 2:
         x = torch.cat([x, x])
@@ -70,7 +71,7 @@ def with_metadata(model_bytes: bytes, props: dict[str, str]) -> bytes:
 
 
 def check_parity(model_bytes: bytes, model: ScoringModel, x: np.ndarray) -> float:
-    """Run the ONNX model in ONNX Runtime and torch on the same rows; fail unless the
+    """Run the ONNX model in ONNX Runtime and torch on the same rows (or windows); fail unless the
     scores and per-feature errors agree within PARITY_TOL (absolute, or relative for
     large values)."""
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])

@@ -1,7 +1,12 @@
-"""The training loop: Adam, mini-batches, early stopping on validation loss."""
+"""The training loop: Adam, mini-batches, early stopping on validation loss.
+
+Rows and windows go through the same loop: a mini-batch is gathered from the rows when it is
+needed (`Windows.take`), so long windows over millions of rows fit in memory.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass
@@ -12,9 +17,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from trainer.config import TrainConfig
-from trainer.model import Autoencoder, ScoringModel
+from trainer.data import Windows
+from trainer.model import ScoringModel, network_for
 
-__all__ = ["FitResult", "fit", "pick_device", "scaling_for"]
+__all__ = ["FitResult", "as_windows", "fit", "pick_device", "scaling_for"]
 
 
 @dataclass
@@ -45,15 +51,25 @@ def scaling_for(x: np.ndarray, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(offset, dtype=torch.float32), torch.tensor(scale, dtype=torch.float32)
 
 
+def as_windows(x: np.ndarray | Windows, window: int) -> Windows:
+    """Rows in time order of one entity, or windows built already."""
+    return x if isinstance(x, Windows) else Windows.build(x, window)
+
+
 def _penalised_loss(
-    ae: Autoencoder, z: torch.Tensor, cfg: TrainConfig, generator: torch.Generator
+    ae: torch.nn.Module, z: torch.Tensor, cfg: TrainConfig, generator: torch.Generator
 ) -> torch.Tensor:
     target = z
     if cfg.variant == "denoising":
         z = z + cfg.noise_std * torch.randn(z.shape, generator=generator, device=z.device)
     if cfg.variant == "contractive":
         z = z.detach().requires_grad_(True)
-    r, h = ae(z)
+    # cuDNN's LSTM/GRU kernels cannot be differentiated twice, which the contractive penalty
+    # needs: the native kernels for that forward pass (flags() resets the other cuDNN flags
+    # too, so only where needed).
+    twice = cfg.variant == "contractive" and z.is_cuda
+    with torch.backends.cudnn.flags(enabled=False) if twice else contextlib.nullcontext():
+        r, h = ae(z)
     loss = _reconstruction_loss(r, target, cfg.loss)
     if cfg.variant == "sparse":
         loss = loss + cfg.sparsity * h.abs().mean()
@@ -62,7 +78,7 @@ def _penalised_loss(
         # instead of one per latent unit.
         v = torch.randn(h.shape, generator=generator, device=h.device)
         (jt_v,) = torch.autograd.grad((h * v).sum(), z, create_graph=True)
-        loss = loss + cfg.contraction * jt_v.pow(2).sum(dim=1).mean()
+        loss = loss + cfg.contraction * jt_v.pow(2).flatten(1).sum(dim=1).mean()
     return loss
 
 
@@ -73,37 +89,50 @@ def _reconstruction_loss(r: torch.Tensor, target: torch.Tensor, kind: str) -> to
 
 
 @torch.no_grad()
-def _evaluate(ae: Autoencoder, z: torch.Tensor, kind: str, batch: int = 65536) -> float:
+def _evaluate(
+    ae: torch.nn.Module, z: Windows, kind: str, device: torch.device, batch: int = 65536
+) -> float:
     ae.eval()
     total = 0.0
-    for i in range(0, len(z), batch):
-        r, _ = ae(z[i : i + batch])
-        total += _reconstruction_loss(r, z[i : i + batch], kind).item() * len(r)
+    for zb in z.batches(batch):
+        t = torch.from_numpy(zb).to(device)
+        r, _ = ae(t)
+        total += _reconstruction_loss(r, t, kind).item() * len(r)
     return total / max(1, len(z))
 
 
 def fit(
-    x_train: np.ndarray, x_val: np.ndarray, cfg: TrainConfig, progress: bool = True
+    train: np.ndarray | Windows,
+    val: np.ndarray | Windows,
+    cfg: TrainConfig,
+    progress: bool = True,
 ) -> FitResult:
+    """Fit on `train`, stop early on `val`: rows [N, F] (one entity, time order) or
+    `Windows` (per entity and segment, see `trainer.data`)."""
+    cfg.check()
+    train, val = as_windows(train, cfg.window), as_windows(val, cfg.window)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     device = pick_device(cfg.device)
-    offset, scale = scaling_for(x_train, cfg.loss)
-    n_features = x_train.shape[1]
+    offset, scale = scaling_for(train.rows, cfg.loss)
+    n_features = train.n_features
     latent = cfg.latent_for(n_features)
     if latent >= n_features:
         raise ValueError(
             f"latent size {latent} must be below the {n_features} features, or the autoencoder "
             "learns the identity and detects nothing; lower --latent"
         )
-    ae = Autoencoder(n_features, cfg.hidden, latent, cfg.activation, cfg.loss == "bce")
+    if len(train) < 2:
+        raise ValueError(
+            f"only {len(train)} training windows of {cfg.window} samples: too few to train; "
+            "give more rows per entity or a shorter --window"
+        )
+    ae = network_for(cfg, n_features)
     ae.to(device)
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    def scaled(x: np.ndarray) -> torch.Tensor:
-        return ((torch.from_numpy(x) - offset) / scale).to(device)
-
-    z_train, z_val = scaled(x_train), scaled(x_val)
+    off, sc = offset.numpy(), scale.numpy()
+    z_train = train.map_rows(lambda x: (x - off) / sc)
+    z_val = val.map_rows(lambda x: (x - off) / sc)
     dev_gen = generator if device.type == "cpu" else torch.Generator(device).manual_seed(cfg.seed)
     best, best_epoch, stale = float("inf"), 0, 0
     best_state = copy.deepcopy(ae.state_dict())
@@ -115,17 +144,17 @@ def fit(
     )
     for epoch in bar:
         ae.train()
-        order = torch.randperm(len(z_train), generator=generator).to(device)
+        order = torch.randperm(len(z_train), generator=generator).numpy()
         running = 0.0
         for i in range(0, len(order), cfg.batch_size):
-            zb = z_train[order[i : i + cfg.batch_size]]
+            zb = torch.from_numpy(z_train.take(order[i : i + cfg.batch_size])).to(device)
             loss = _penalised_loss(ae, zb, cfg, dev_gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             running += loss.item() * len(zb)
         train_hist.append(running / len(order))
-        val_hist.append(_evaluate(ae, z_val, cfg.loss) if len(z_val) else train_hist[-1])
+        val_hist.append(_evaluate(ae, z_val, cfg.loss, device) if len(z_val) else train_hist[-1])
         if val_hist[-1] < best - 1e-7:
             best, best_epoch, stale = val_hist[-1], epoch, 0
             best_state = copy.deepcopy(ae.state_dict())

@@ -1,4 +1,8 @@
-"""The networks, and the scoring head that is exported to ONNX. Nothing else."""
+"""The networks, and the scoring head that is exported to ONNX. Nothing else.
+
+Every network maps scaled inputs to (reconstruction, latent code): the dense autoencoder
+maps rows [N, F]; the windowed ones map windows [N, W, F] of one entity's last W samples.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,16 @@ import itertools
 import torch
 from torch import nn
 
-__all__ = ["Autoencoder", "ScoringModel"]
+from trainer.config import TrainConfig
+
+__all__ = [
+    "Autoencoder",
+    "ConvAutoencoder",
+    "FlatWindowAutoencoder",
+    "RecurrentAutoencoder",
+    "ScoringModel",
+    "network_for",
+]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -44,14 +57,134 @@ class Autoencoder(nn.Module):
         return (torch.sigmoid(r) if self.sigmoid_output else r), h
 
 
+class FlatWindowAutoencoder(nn.Module):
+    """The dense autoencoder on a flattened window: [N, W, F] -> [N, W * F] and back."""
+
+    def __init__(
+        self,
+        n_features: int,
+        window: int,
+        hidden: tuple[int, ...],
+        latent: int,
+        activation: str,
+        sigmoid_output: bool,
+    ):
+        super().__init__()
+        self.shape = (window, n_features)
+        self.dense = Autoencoder(n_features * window, hidden, latent, activation, sigmoid_output)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r, h = self.dense(z.flatten(1))
+        return r.unflatten(1, self.shape), h
+
+
+class ConvAutoencoder(nn.Module):
+    """1-D convolutions over time (features are channels), then a dense bottleneck.
+
+    Stride 1 and 'same' padding keep the window length, so any W works; the bottleneck
+    makes the code size the same K as the dense model's.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        window: int,
+        channels: tuple[int, ...],
+        latent: int,
+        kernel_size: int,
+        activation: str,
+        sigmoid_output: bool,
+    ):
+        super().__init__()
+        act = _ACTIVATIONS[activation]
+        widths = [n_features, *channels]
+        encoder: list[nn.Module] = []
+        for a, b in itertools.pairwise(widths):
+            encoder += [nn.Conv1d(a, b, kernel_size, padding="same"), act()]
+        decoder: list[nn.Module] = []
+        back = widths[::-1]
+        for i, (a, b) in enumerate(itertools.pairwise(back)):
+            decoder.append(nn.Conv1d(a, b, kernel_size, padding="same"))
+            if i < len(back) - 2:
+                decoder.append(act())
+        self.encoder = nn.Sequential(*encoder)
+        self.to_latent = nn.Linear(channels[-1] * window, latent)
+        self.from_latent = nn.Sequential(nn.Linear(latent, channels[-1] * window), act())
+        self.decoder = nn.Sequential(*decoder)
+        self.inner = (channels[-1], window)
+        self.sigmoid_output = sigmoid_output
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.encoder(z.transpose(1, 2))  # [N, C, W]
+        h = self.to_latent(c.flatten(1))
+        r = self.decoder(self.from_latent(h).unflatten(1, self.inner)).transpose(1, 2)
+        return (torch.sigmoid(r) if self.sigmoid_output else r), h
+
+
+class RecurrentAutoencoder(nn.Module):
+    """LSTM or GRU sequence autoencoder: the encoder's last state becomes the code, which
+    the decoder unrolls over the window (the code repeated at every step)."""
+
+    def __init__(
+        self,
+        n_features: int,
+        window: int,
+        hidden: tuple[int, ...],
+        latent: int,
+        cell: str,
+        sigmoid_output: bool,
+    ):
+        super().__init__()
+        rnn = nn.LSTM if cell == "lstm" else nn.GRU
+        self.encoder = nn.ModuleList(
+            rnn(a, b, batch_first=True) for a, b in itertools.pairwise([n_features, *hidden])
+        )
+        self.to_latent = nn.Linear(hidden[-1], latent)
+        self.decoder = nn.ModuleList(
+            rnn(a, b, batch_first=True) for a, b in itertools.pairwise([latent, *hidden[::-1]])
+        )
+        self.out = nn.Linear(hidden[0], n_features)
+        self.window = window
+        self.sigmoid_output = sigmoid_output
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = z
+        for layer in self.encoder:
+            s, _ = layer(s)
+        h = self.to_latent(s[:, -1])
+        s = h.unsqueeze(1).expand(-1, self.window, -1)
+        for layer in self.decoder:
+            s, _ = layer(s)
+        r = self.out(s)
+        return (torch.sigmoid(r) if self.sigmoid_output else r), h
+
+
+def network_for(cfg: TrainConfig, n_features: int) -> nn.Module:
+    """The network that `cfg` describes, for `n_features` input features."""
+    latent, sigmoid = cfg.latent_for(n_features), cfg.loss == "bce"
+    if cfg.model == "dense" and cfg.window == 1:
+        return Autoencoder(n_features, cfg.hidden, latent, cfg.activation, sigmoid)
+    if cfg.model == "dense":
+        return FlatWindowAutoencoder(
+            n_features, cfg.window, cfg.hidden, latent, cfg.activation, sigmoid
+        )
+    if cfg.model == "conv":
+        return ConvAutoencoder(
+            n_features, cfg.window, cfg.hidden, latent, cfg.kernel_size, cfg.activation, sigmoid
+        )
+    return RecurrentAutoencoder(n_features, cfg.window, cfg.hidden, latent, cfg.model, sigmoid)
+
+
 class ScoringModel(nn.Module):
     """Raw units in; what the detector needs out. Scaling is part of the graph.
 
-    Outputs: score [N] (mean squared error in scaled units), feature_error [N, F],
-    reconstruction [N, F] (expected values, raw units), latent [N, K].
+    Input: rows x [N, F], or windows x [N, W, F] (oldest sample first). Outputs: score [N]
+    (mean squared error in scaled units), feature_error [N, F], reconstruction [N, F]
+    (expected values, raw units), latent [N, K]. For windows, score, feature_error and
+    reconstruction are those of the newest sample: the one the decision is about.
     """
 
-    def __init__(self, autoencoder: Autoencoder, offset: torch.Tensor, scale: torch.Tensor):
+    def __init__(self, autoencoder: nn.Module, offset: torch.Tensor, scale: torch.Tensor):
         super().__init__()
         self.autoencoder = autoencoder
         self.register_buffer("offset", offset.detach().clone().float())
@@ -64,4 +197,6 @@ class ScoringModel(nn.Module):
         z = self.scale_inputs(x)
         r, h = self.autoencoder(z)
         feature_error = (r - z) ** 2
+        if feature_error.dim() == 3:  # windows: the newest sample's error and expectation
+            feature_error, r = feature_error[:, -1], r[:, -1]
         return feature_error.mean(dim=1), feature_error, r * self.scale + self.offset, h

@@ -1,0 +1,285 @@
+"""Windowed models: per-entity window assembly, each network type end to end through the
+bundle and the detector's Scorer, offline scoring with warm-up rows, and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from detector.bundle import Bundle
+from detector.errors import DataError
+from detector.offline import score_file, write_csv
+from detector.scorer import Scorer
+from detector.windows import entity_keys, gather, table_windows, window_ends
+from tests.conftest import FEATURES_SYNTH
+from trainer.build import build_bundle
+from trainer.config import TrainConfig
+from trainer.data import Dataset, Windows, group_codes
+from trainer.synth import simulate
+
+W = 5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    # Tiny networks: a second intra-op thread only adds contention on a busy machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _interleaved(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of three entities in a random interleaving; each row holds (entity, time)."""
+    rng = np.random.default_rng(seed)
+    ent = rng.choice(np.array(["b", "a", "c"]), size=n)
+    t = np.zeros(n)
+    for e in np.unique(ent):
+        t[ent == e] = np.arange((ent == e).sum())
+    code = np.searchsorted(np.array(["a", "b", "c"]), ent)
+    return np.stack([code, t], axis=1).astype(np.float32), ent
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_windows_stay_within_one_entity_in_time_order(seed: int) -> None:
+    x, ent = _interleaved(seed=seed)
+    xw, newest = table_windows(x, ent, W)
+    assert xw.shape[1:] == (W, 2)
+    assert (np.diff(newest) > 0).all()  # in the rows' own order
+    for win, row in zip(xw, newest, strict=True):
+        assert (win[:, 0] == x[row, 0]).all()  # one entity
+        assert (np.diff(win[:, 1]) == 1).all()  # consecutive samples, oldest first
+        assert (win[-1] == x[row]).all()  # the newest sample is the row scored
+    # Warm-up: exactly the first W-1 rows of each entity have no window.
+    warm = np.setdiff1d(np.arange(len(x)), newest)
+    assert sorted(warm.tolist()) == sorted(np.flatnonzero(x[:, 1] < W - 1).tolist())
+
+
+def test_trainer_windows_match_the_shared_definition_and_respect_segments() -> None:
+    x, ent = _interleaved(90)
+    groups = group_codes(entity_keys(ent), len(x))
+    whole = Windows.build(x, W, groups)
+    xw, newest = table_windows(x, ent, W)
+    back = np.argsort(whole.newest)
+    assert np.array_equal(whole.take(back), xw) and np.array_equal(whole.newest[back], newest)
+    # Mini-batches are gathered on demand, never more than `size // W` windows at a time.
+    assert all(len(b) <= 4 for b in whole.batches(4 * W))
+    assert sum(len(b) for b in whole.batches(4 * W)) == len(whole)
+    # A part of the rows: its windows use its rows only (a held-out block).
+    part = Windows.build(x, W, groups, slice(30, 60))
+    assert part.newest.min() >= 30 + W - 1 and part.newest.max() < 60
+    assert sorted(map(tuple, part.rows.tolist())) == sorted(map(tuple, x[30:60].tolist()))
+
+
+def test_window_assembly_edge_cases() -> None:
+    x = np.ones((3, 4), np.float32)
+    order, ends = window_ends(None, 3, W)
+    assert len(ends) == 0
+    assert gather(x[order], ends, W).shape == (0, W, 4)  # fewer rows than W: no windows
+    assert entity_keys(np.array([7, "7", "x"], dtype=object)).tolist() == ["7", "7", "x"]
+    with pytest.raises(DataError, match="row 2: the entity column 'pump' is empty"):
+        entity_keys(np.array(["a", None], dtype=object), "pump")
+
+
+def test_sequence_models_need_a_window() -> None:
+    with pytest.raises(ValueError, match="--window 2 or more"):
+        TrainConfig(model="conv").check()
+    TrainConfig(model="dense", window=1).check()
+
+
+def _synth(steps: int, seed: int, fault_rate: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    t = simulate(steps, 3, seed=seed, fault_rate=fault_rate)
+    return t.values, t.entity
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Bundle]:
+    x, ent = _synth(300, seed=0)
+    ds = Dataset(FEATURES_SYNTH, x, [], 0, entity_keys(ent))
+    out = {}
+    for model in ("dense", "conv", "lstm"):  # gru shares lstm's code: see the test below
+        cfg = TrainConfig(
+            model=model,  # type: ignore[arg-type]
+            window=W,
+            entity_column="entity",
+            hidden=(16, 8),
+            epochs=3,
+            device="cpu",
+            name=f"w-{model}",
+        )
+        out[model] = build_bundle(ds, cfg, tmp_path_factory.mktemp(model) / "b", progress=False)
+    return out
+
+
+@pytest.mark.parametrize("model", ["dense", "conv", "lstm"])
+def test_each_model_writes_a_windowed_bundle_the_detector_accepts(
+    bundles: dict[str, Bundle], model: str
+) -> None:
+    b = bundles[model]
+    m = b.manifest
+    assert m.window == W and "newest sample" in m.score
+    assert m.training.config["model"] == model and m.training.config["entity_column"] == "entity"
+    assert m.training.epochs == 3 and m.validation["onnx_parity_max_error"] < 1e-4
+    assert np.asarray(m.golden.inputs).shape == (8, W, len(FEATURES_SYNTH))
+    scorer = Scorer(b, provider="cpu")  # runs the golden-sample self-test
+    session = ort.InferenceSession(b.model_bytes, providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    assert inp.name == "x" and inp.shape[1:] == [W, len(FEATURES_SYNTH)]
+    assert [o.name for o in session.get_outputs()] == [
+        "score",
+        "feature_error",
+        "reconstruction",
+        "latent",
+    ]
+    x, ent = _synth(40, seed=3)
+    xw, _ = table_windows(x, ent, W)
+    whole = scorer.score(xw, latent=True)
+    k = b.manifest.training.config["latent"] or 2
+    assert whole.feature_error.shape == whole.reconstruction.shape == (len(xw), 8)
+    assert whole.latent is not None and whole.latent.shape == (len(xw), k)
+    for n in (1, 3, 17):  # dynamic batch: the same answer whatever the batch
+        assert np.allclose(scorer.score(xw[:n]).score, whole.score[:n], rtol=1e-5, atol=1e-6)
+    # The reconstruction is that of the newest sample, in raw units.
+    assert np.abs(whole.reconstruction - xw[:, -1]).mean() < np.abs(xw[:, -1]).mean()
+
+
+def test_every_network_maps_windows_to_windows_and_a_code() -> None:
+    from trainer.model import network_for
+
+    z = torch.randn(7, W, 6)
+    for model in ("dense", "conv", "lstm", "gru"):
+        cfg = TrainConfig(model=model, window=W, hidden=(8, 4), latent=3)  # type: ignore[arg-type]
+        r, h = network_for(cfg, 6)(z)
+        assert r.shape == z.shape and h.shape == (7, 3), model
+
+
+def test_cross_fitted_pot_calibration_with_windows(tmp_path: Path) -> None:
+    x, ent = _synth(200, seed=1)
+    cfg = TrainConfig(
+        window=4,
+        entity_column="entity",
+        hidden=(16,),
+        epochs=3,
+        folds=3,
+        calibration="pot",
+        pot_risk=1e-3,
+        pot_level=0.9,
+        device="cpu",
+    )
+    b = build_bundle(Dataset(FEATURES_SYNTH, x, [], 0, entity_keys(ent)), cfg, tmp_path / "b")
+    assert b.manifest.threshold.method == "pot" and b.manifest.window == 4
+    # Every fold's held-out block loses each entity's warm-up (3 rows) and nothing more.
+    assert b.manifest.training.config["windows"]["calibration"] == len(x) - 3 * 3 * 3
+
+
+def test_offline_scoring_per_entity_with_warmup_rows(
+    bundles: dict[str, Bundle], tmp_path: Path
+) -> None:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    t = simulate(30, 3, seed=4, fault_rate=0.0)
+    path = tmp_path / "d.csv"
+    pacsv.write_csv(pa.table(t.columns()), path)
+    scorer = Scorer(bundles["conv"], provider="cpu")
+    res = score_file(scorer, path, entity_column="entity", latent=True)
+    n = len(t.values)
+    # The first W-1 samples of each entity (interleaved: rows 1..3(W-1)) are warm-up.
+    assert res.warmup.tolist() == [i < 3 * (W - 1) for i in range(n)]
+    assert np.isnan(res.scores.score[res.warmup]).all()
+    assert not res.decisions.anomaly[res.warmup].any()
+    # Every other row is scored as the newest sample of its own entity's last W rows.
+    xw, newest = table_windows(t.values, t.entity, W)
+    assert np.array_equal(np.flatnonzero(~res.warmup), newest)
+    assert np.allclose(res.scores.score[newest], scorer.score(xw).score, rtol=1e-5)
+    out = tmp_path / "s.csv"
+    assert write_csv(res, out) == n
+    rows = list(csv.DictReader(out.open()))
+    assert rows[0]["warmup"] == "1" and rows[0]["score"] == "" and rows[0]["anomaly"] == "0"
+    assert rows[-1]["warmup"] == "0" and float(rows[-1]["score"]) >= 0
+    assert rows[0]["latent_0"] == "" and rows[-1]["latent_0"] != ""
+    # Without an entity column all rows are one entity: only the first W-1 rows warm up.
+    one = score_file(scorer, path)
+    assert one.warmup.sum() == W - 1
+
+
+def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=300, env=env
+    )
+    if ok:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_cli_fit_conv_per_entity_then_score_and_evaluate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    normal, faulty, b = tmp_path / "x.csv", tmp_path / "f.csv", tmp_path / "bundle"
+    run("trainer", "synth", "--out", str(normal), "--steps", "300", "--entities", "3")
+    run("trainer", "synth", "--out", str(faulty), "--steps", "200", "--entities", "3",
+        "--fault-rate", "0.1", "--seed", "5")  # fmt: skip
+    fit = run(
+        "trainer",
+        "fit",
+        "--data",
+        str(normal),
+        "--out",
+        str(b),
+        "--drop",
+        "timestamp_ms,fault,label",  # the entity column is never a feature anyway
+        "--window",
+        "5",
+        "--model",
+        "conv",
+        "--entity-column",
+        "entity",
+        "--hidden",
+        "16,8",
+        "--epochs",
+        "3",
+        "--no-progress",
+    )
+    summary = json.loads(fit.stdout)
+    assert summary["window"] == 5 and summary["model"] == "conv" and summary["features"] == 8
+    m = json.loads((b / "manifest.json").read_text())
+    assert m["features"] == FEATURES_SYNTH and m["window"] == 5
+    assert m["training"]["config"]["entity_column"] == "entity"
+
+    out = tmp_path / "s.csv"
+    score = run(
+        "detector", "score", "--model", str(b), "--data", str(faulty), "--out", str(out),
+        "--entity-column", "entity",
+    )  # fmt: skip
+    res = json.loads(score.stdout)
+    assert res["rows"] == 600 and res["rows_warmup"] == 3 * 4
+    assert sum(r["warmup"] == "1" for r in csv.DictReader(out.open())) == 12
+    ev = json.loads(
+        run(
+            "trainer", "evaluate", "--model", str(b), "--data", str(faulty),
+            "--label-column", "label", "--entity-column", "entity",
+            "--plot", str(tmp_path / "t.png"),
+        ).stdout
+    )  # fmt: skip
+    assert ev["rows"] == 600 - 12 and ev["rows_warmup"] == 12
+    # The model was trained per entity: scoring without saying so is allowed but warned about.
+    from detector.cli import main as detect
+    from trainer.cli import main as train
+
+    assert detect(["score", "--model", str(b), "--data", str(faulty), "--out", str(out)]) == 0
+    assert "--entity-column entity" in capsys.readouterr().err
+    assert (
+        train(["fit", "--data", str(normal), "--out", str(tmp_path / "c"), "--model", "lstm"]) == 2
+    )
+    assert "--window 2 or more" in capsys.readouterr().err
