@@ -152,6 +152,9 @@ class Detector:
         self._report_health()
         if batch:
             self.process(batch)
+        elif not self.health.broker_reachable:
+            # kafka-python's poll returns at once without a broker: don't spin, back off.
+            self.stop.wait(0.5)
         return len(batch)
 
     def process(self, batch: list[ConsumerRecord]) -> None:

@@ -47,7 +47,11 @@ GOLDEN_ROWS = 8
 
 def calibrate(scores: np.ndarray, cfg: TrainConfig) -> Threshold:
     if cfg.calibration == "pot":
-        return pot_threshold(scores, risk=cfg.pot_risk, level=cfg.pot_level, margin=cfg.margin)
+        try:
+            return pot_threshold(scores, risk=cfg.pot_risk, level=cfg.pot_level, margin=cfg.margin)
+        except ValueError as e:
+            log.warning("%s; calibrating with the %.4g quantile instead", e, 1 - cfg.pot_risk)
+            return quantile_threshold(scores, q=1 - cfg.pot_risk, margin=cfg.margin)
     return quantile_threshold(scores, q=cfg.quantile, margin=cfg.margin)
 
 
@@ -102,6 +106,8 @@ def _libraries() -> dict[str, str]:
 
 def _score_text(cfg: TrainConfig) -> str:
     units = "min-max scaled units" if cfg.loss == "bce" else "standardised units (z-scores)"
+    if cfg.scaling == "whiten":
+        units = "ZCA-whitened z-scores (Hotelling's T^2 / features, less what the model explains)"
     if cfg.window == 1:
         return f"mean squared reconstruction error over features, in {units}"
     return (
@@ -111,6 +117,7 @@ def _score_text(cfg: TrainConfig) -> str:
 
 
 def build_bundle(data: Dataset, cfg: TrainConfig, out: str | Path, progress: bool = True) -> Bundle:
+    cfg = cfg.resolved(len(data.values))
     cfg.check()
     x, groups = data.values, group_codes(data.entities, len(data.values))
     if cfg.folds > 1:

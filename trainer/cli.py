@@ -100,6 +100,20 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--sparsity", type=float, default=d.sparsity)
     f.add_argument("--contraction", type=float, default=d.contraction)
     f.add_argument("--loss", choices=["mse", "bce"], default=d.loss)
+    f.add_argument(
+        "--scaling",
+        choices=["auto", "standard", "whiten"],
+        default=d.scaling,
+        help="z-scores, or z-scores then ZCA whitening: the score becomes about the "
+        "Mahalanobis distance, which sees broken correlations (default %(default)s: "
+        "whiten with --loss mse)",
+    )
+    f.add_argument(
+        "--whiten-floor",
+        type=float,
+        default=d.whiten_floor,
+        help="eigenvalues below this x the largest are raised to it (default %(default)s)",
+    )
     f.add_argument("--epochs", type=int, default=d.epochs)
     f.add_argument("--batch-size", type=int, default=d.batch_size)
     f.add_argument("--lr", type=float, default=d.lr)
@@ -109,8 +123,12 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
     f.add_argument("--validation-fraction", type=float, default=d.validation_fraction)
     f.add_argument("--calibration-fraction", type=float, default=d.calibration_fraction)
-    f.add_argument("--calibration", choices=["quantile", "pot"], default=d.calibration)
-    f.add_argument("--quantile", type=float, default=d.quantile)
+    f.add_argument(
+        "--calibration",
+        choices=["quantile", "pot"],
+        help=f"threshold method (default {d.calibration}; quantile when --quantile or --fpr is given)",
+    )
+    f.add_argument("--quantile", type=float)
     f.add_argument("--fpr", type=float, help="target false-positive rate (sets --quantile 1-FPR)")
     f.add_argument("--pot-risk", type=float, default=d.pot_risk)
     f.add_argument("--pot-level", type=float, default=d.pot_level)
@@ -119,7 +137,8 @@ def _parser() -> argparse.ArgumentParser:
         "--folds",
         type=int,
         default=d.folds,
-        help="cross-fitted calibration over K time blocks (0: one held-out block)",
+        help="cross-fitted calibration over K time blocks (0: one held-out block; "
+        "default -1: 5 below 5,000 rows, else 0)",
     )
     f.add_argument("--no-progress", action="store_true")
 
@@ -160,9 +179,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _config(a: argparse.Namespace) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)}
-    values = {k: v for k, v in vars(a).items() if k in names}
+    values = {k: v for k, v in vars(a).items() if k in names and v is not None}
     if a.fpr is not None:
         values["quantile"] = 1.0 - a.fpr
+    if a.calibration is None and "quantile" in values:
+        values["calibration"] = "quantile"  # asking for a false-positive rate means the quantile
     return TrainConfig(**values)
 
 

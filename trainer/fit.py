@@ -20,7 +20,7 @@ from trainer.config import TrainConfig
 from trainer.data import Windows
 from trainer.model import ScoringModel, network_for
 
-__all__ = ["FitResult", "as_windows", "fit", "pick_device", "scaling_for"]
+__all__ = ["FitResult", "as_windows", "fit", "pick_device", "scaling_for", "whitening_for"]
 
 
 @dataclass
@@ -49,6 +49,20 @@ def scaling_for(x: np.ndarray, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
         offset, scale = x64.mean(axis=0), x64.std(axis=0)
     scale = np.where(scale > 1e-8 * np.maximum(1.0, np.abs(offset)), scale, 1.0)
     return torch.tensor(offset, dtype=torch.float32), torch.tensor(scale, dtype=torch.float32)
+
+
+def whitening_for(z: np.ndarray, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """ZCA whitening of standardised rows, W = U diag(lam^-1/2) U^T, and its inverse.
+
+    ZCA is the whitening closest to the identity: each coordinate still belongs to its
+    feature, so per-feature errors keep naming features. Eigenvalues below `floor` x the
+    largest are raised to it: a direction with less variance than float32 inputs resolve
+    would otherwise turn rounding into alarms.
+    """
+    lam, u = np.linalg.eigh(np.cov(z.astype(np.float64), rowvar=False))
+    lam = np.maximum(lam, floor * lam.max())
+    w, w_inv = (u / np.sqrt(lam)) @ u.T, (u * np.sqrt(lam)) @ u.T
+    return torch.tensor(w, dtype=torch.float32), torch.tensor(w_inv, dtype=torch.float32)
 
 
 def as_windows(x: np.ndarray | Windows, window: int) -> Windows:
@@ -111,10 +125,15 @@ def fit(
     `Windows` (per entity and segment, see `trainer.data`)."""
     cfg.check()
     train, val = as_windows(train, cfg.window), as_windows(val, cfg.window)
+    cfg = cfg.resolved(len(train.rows))
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     device = pick_device(cfg.device)
-    offset, scale = scaling_for(train.rows, cfg.loss)
+    # A full covariance is hard to estimate from a few hundred rows: whitening uses every
+    # normal row of the fit, validation included (it only watches the loss).
+    whitened = cfg.scaling == "whiten"
+    normal = np.concatenate([train.rows, val.rows]) if whitened else train.rows
+    offset, scale = scaling_for(normal, cfg.loss)
     n_features = train.n_features
     latent = cfg.latent_for(n_features)
     if latent >= n_features:
@@ -131,8 +150,13 @@ def fit(
     ae.to(device)
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     off, sc = offset.numpy(), scale.numpy()
-    z_train = train.map_rows(lambda x: (x - off) / sc)
-    z_val = val.map_rows(lambda x: (x - off) / sc)
+    whiten = whitening_for((normal - off) / sc, cfg.whiten_floor) if whitened else None
+    w = None if whiten is None else whiten[0].numpy()
+
+    def scaled(x: np.ndarray) -> np.ndarray:
+        return (x - off) / sc if w is None else ((x - off) / sc) @ w
+
+    z_train, z_val = train.map_rows(scaled), val.map_rows(scaled)
     dev_gen = generator if device.type == "cpu" else torch.Generator(device).manual_seed(cfg.seed)
     best, best_epoch, stale = float("inf"), 0, 0
     best_state = copy.deepcopy(ae.state_dict())
@@ -164,7 +188,7 @@ def fit(
         if stale >= cfg.patience:
             break
     ae.load_state_dict(best_state)
-    model = ScoringModel(ae.cpu(), offset, scale).eval()
+    model = ScoringModel(ae.cpu(), offset, scale, whiten).eval()
     return FitResult(
         model, train_hist, val_hist, best_epoch, str(device), time.perf_counter() - start
     )

@@ -182,16 +182,30 @@ class ScoringModel(nn.Module):
     (mean squared error in scaled units), feature_error [N, F], reconstruction [N, F]
     (expected values, raw units), latent [N, K]. For windows, score, feature_error and
     reconstruction are those of the newest sample: the one the decision is about.
+
+    With `whiten` = (W, W^-1), the scaled units are ZCA-whitened z-scores: a model that
+    reconstructs nothing then scores Hotelling's T^2 / F.
     """
 
-    def __init__(self, autoencoder: nn.Module, offset: torch.Tensor, scale: torch.Tensor):
+    def __init__(
+        self,
+        autoencoder: nn.Module,
+        offset: torch.Tensor,
+        scale: torch.Tensor,
+        whiten: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
         super().__init__()
         self.autoencoder = autoencoder
         self.register_buffer("offset", offset.detach().clone().float())
         self.register_buffer("scale", scale.detach().clone().float())
+        self.whitened = whiten is not None
+        if whiten is not None:
+            self.register_buffer("whiten", whiten[0].detach().clone().float())
+            self.register_buffer("unwhiten", whiten[1].detach().clone().float())
 
     def scale_inputs(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.offset) / self.scale
+        z = (x - self.offset) / self.scale
+        return z @ self.whiten if self.whitened else z
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         z = self.scale_inputs(x)
@@ -199,4 +213,6 @@ class ScoringModel(nn.Module):
         feature_error = (r - z) ** 2
         if feature_error.dim() == 3:  # windows: the newest sample's error and expectation
             feature_error, r = feature_error[:, -1], r[:, -1]
+        if self.whitened:
+            r = r @ self.unwhiten
         return feature_error.mean(dim=1), feature_error, r * self.scale + self.offset, h

@@ -90,6 +90,9 @@ class DetectorProcess:
             self.proc.wait(timeout=10)
 
 
+STARTED: list[DetectorProcess] = []  # killed after each test by tests/integration/conftest.py
+
+
 def start_detector(
     tmp_path: Path, bootstrap: str, model: Path, topic: str, group: str, **extra: str
 ) -> DetectorProcess:
@@ -116,7 +119,9 @@ def start_detector(
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
-    return DetectorProcess(proc, port, log)
+    d = DetectorProcess(proc, port, log)
+    STARTED.append(d)
+    return d
 
 
 def produce(

@@ -34,7 +34,7 @@ def test_fit_check_score_evaluate_on_synthetic(synth_data: dict[str, Path], tmp_
         "--no-progress",
     )
     summary = json.loads(fit.stdout)
-    assert summary["features"] == 8 and summary["threshold"]["method"] == "quantile"
+    assert summary["features"] == 8 and summary["threshold"]["method"] == "pot"  # the default
     manifest = json.loads((b / "manifest.json").read_text())
     assert manifest["features"] == FEATURES_SYNTH
     assert manifest["training"]["files"][0]["sha256"]
@@ -94,13 +94,11 @@ def test_fit_on_a_tep_slice_with_transpose(tep_dir: Path, tmp_path: Path) -> Non
         "--no-progress",
     )
     m = json.loads((b / "manifest.json").read_text())
-    assert (
-        len(m["features"]) == 52
-        and m["training"]["rows_train"]
-        + m["training"]["rows_validation"]
-        + m["training"]["rows_calibration"]
-        == 500
-    )
+    t = m["training"]
+    assert len(m["features"]) == 52 and t["rows_train"] + t["rows_validation"] == 500
+    # 500 normal rows: the defaults cross-fit (5 folds), whiten, and calibrate with POT
+    assert t["config"]["folds"] == 5 and t["rows_calibration"] == 500
+    assert t["config"]["scaling"] == "whiten" and m["threshold"]["method"] == "pot"
     out = tmp_path / "s.csv"
     res = json.loads(
         run(

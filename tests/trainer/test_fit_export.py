@@ -102,3 +102,28 @@ def test_latent_must_be_smaller_than_the_input() -> None:
     x = _data()
     with pytest.raises(ValueError, match="latent size"):
         fit(x[:500], x[500:], TrainConfig(latent=6), progress=False)
+
+
+def test_whitened_scaling_scores_hotellings_t2() -> None:
+    """Whitened inputs and a network that reconstructs nothing score T^2 / F, with the
+    covariance of every normal row given to fit; the reconstruction stays in raw units."""
+    x = _data()
+    cfg = TrainConfig(epochs=3, device="cpu", scaling="whiten", whiten_floor=1e-12)
+    model = fit(x[:500], x[500:], cfg, progress=False).model
+    for p in model.autoencoder.parameters():
+        torch.nn.init.zeros_(p)
+    with torch.no_grad():
+        score, fe, recon, _ = model(torch.from_numpy(x[:50]))
+    z = (x - x.mean(axis=0)) / x.std(axis=0)
+    t2 = np.einsum("ij,jk,ik->i", z[:50], np.linalg.inv(np.cov(z, rowvar=False)), z[:50])
+    np.testing.assert_allclose(score.numpy() * x.shape[1], t2, rtol=1e-3)
+    np.testing.assert_allclose(fe.numpy().mean(axis=1), score.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        recon.numpy(), np.broadcast_to(x.mean(axis=0), recon.shape), rtol=1e-4
+    )
+    assert check_parity(export_onnx(model, x), model, x[:100]) < 1e-4
+
+
+def test_whitening_refuses_bce() -> None:
+    with pytest.raises(ValueError, match="--loss mse"):
+        TrainConfig(scaling="whiten", loss="bce").check()
