@@ -1,0 +1,355 @@
+"""Throughput and latency against the real local broker, all in one run so ratios are fair.
+
+    .venv/bin/python bench/throughput.py [--messages 200000] [--partitions 4]
+
+1. ceiling: a bare kafka-python consumer reading the topic and discarding payloads;
+2. vigil: `vigil-detect run` (a fresh group from the earliest offset) until its committed
+   offsets reach the end, measured from its own metrics;
+3. peer (a): the tutorial loop (kafka-python, json, PyTorch called once per message);
+4. latency: p50/p99 of event time to decision at a fixed offered load;
+5. inference alone: ONNX Runtime rows/s by batch size;
+6. memory: the detector's peak and steady RSS.
+
+Writes bench/results/throughput.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
+from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
+
+from tests.integration.kafka_helpers import committed_all, start_detector, wait_for  # noqa: E402
+
+N_FEATURES = 52
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_model(workdir: Path) -> Path:
+    """A dense bundle on 52 named features (TEP-shaped), trained on synthetic data."""
+    from trainer.build import build_bundle
+    from trainer.config import TrainConfig
+    from trainer.data import Dataset
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(4000, 6))
+    x = (z @ rng.normal(size=(6, N_FEATURES)) + 0.1 * rng.normal(size=(4000, N_FEATURES))).astype(
+        np.float32
+    )
+    names = [f"xmeas_{i}" for i in range(1, 42)] + [f"xmv_{i}" for i in range(1, 12)]
+    out = workdir / "model"
+    build_bundle(
+        Dataset(names, x, [], 0), TrainConfig(epochs=10, name="bench"), out, progress=False
+    )
+    return out
+
+
+def produce(bootstrap: str, topic: str, n: int, names: list[str]) -> int:
+    rng = np.random.default_rng(1)
+    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=512 * 1024)
+    base = rng.normal(size=(1000, len(names)))
+    size = 0
+    for i in range(n):
+        row = base[i % 1000]
+        value = orjson.dumps(
+            {
+                "ts": int(time.time() * 1000),
+                **{k: round(float(v), 6) for k, v in zip(names, row, strict=False)},
+            }
+        )
+        size += len(value)
+        p.send(topic, key=f"unit-{i % 16}".encode(), value=value)
+    p.flush()
+    p.close()
+    return size // n
+
+
+def bare_consumer(bootstrap: str, topic: str, n: int) -> float:
+    c = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=f"bare-{time.time()}",
+        max_poll_records=5000,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    got, t0 = 0, None
+    while got < n:
+        for recs in c.poll(timeout_ms=1000).values():
+            if t0 is None:
+                t0 = time.perf_counter()
+            got += len(recs)
+    dt = time.perf_counter() - (t0 or time.perf_counter())
+    c.close()
+    return got / dt
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def vigil(bootstrap: str, topic: str, model: Path, n: int, workdir: Path) -> dict[str, float]:
+    group = f"vigil-bench-{time.time()}"
+    d = start_detector(workdir, bootstrap, model, topic, group, batch__max_size="5000")
+    peak = 0.0
+    try:
+        d.wait_ready()
+        t0 = time.perf_counter()
+        while (
+            d.metric("vigil_messages_scored_total") + d.metric("vigil_invalid_messages_total") < n
+        ):
+            peak = max(peak, rss_mb(d.proc.pid))
+            time.sleep(0.1)
+        dt = time.perf_counter() - t0
+        wait_for(lambda: committed_all(bootstrap, group, topic), 60, "commit")
+        steady = rss_mb(d.proc.pid)
+    finally:
+        d.terminate()
+    return {"msg_per_s": n / dt, "peak_rss_mb": peak, "steady_rss_mb": steady}
+
+
+def latency(
+    bootstrap: str,
+    topic: str,
+    model: Path,
+    names: list[str],
+    rate: int,
+    seconds: float,
+    workdir: Path,
+) -> dict[str, float]:
+    group = f"vigil-lat-{time.time()}"
+    d = start_detector(workdir, bootstrap, model, topic, group, kafka__auto_offset_reset="latest")
+    try:
+        d.wait_ready()
+        p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+        rng = np.random.default_rng(2)
+        t_end = time.perf_counter() + seconds
+        i = 0
+        start = time.perf_counter()
+        while time.perf_counter() < t_end:
+            row = rng.normal(size=len(names))
+            p.send(
+                topic,
+                key=f"unit-{i % 16}".encode(),
+                value=orjson.dumps({k: float(v) for k, v in zip(names, row, strict=False)}),
+            )
+            i += 1
+            ahead = i / rate - (time.perf_counter() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+        p.flush()
+        time.sleep(2)
+        from prometheus_client.parser import text_string_to_metric_families
+
+        _, body = d.get("/metrics")
+        buckets = []
+        for fam in text_string_to_metric_families(body.decode()):
+            for s in fam.samples:
+                if s.name == "vigil_decision_latency_seconds_bucket":
+                    buckets.append((float(s.labels["le"]), s.value))
+        buckets.sort()
+        total = buckets[-1][1]
+
+        def q(p: float) -> float:
+            for le, c in buckets:
+                if c >= p * total:
+                    return le
+            return float("inf")
+
+        return {"offered_msg_per_s": rate, "sent": i, "p50_le_s": q(0.5), "p99_le_s": q(0.99)}
+    finally:
+        d.terminate()
+
+
+def inference(model: Path) -> dict[str, float]:
+    from detector.bundle import load_bundle
+    from detector.scorer import Scorer
+
+    s = Scorer(load_bundle(model), provider="cpu")
+    out = {}
+    for b in (1, 64, 256, 1024, 4096):
+        x = np.random.default_rng(0).normal(size=(b, N_FEATURES)).astype(np.float32)
+        s.score(x)
+        reps = max(3, 20000 // b)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            s.score(x)
+        out[str(b)] = b * reps / (time.perf_counter() - t0)
+    return out
+
+
+def peer_tutorial(bootstrap: str, topic: str, names: list[str], n: int) -> float:
+    """The classic blog-post loop: json.loads and a torch forward pass per message."""
+    import torch
+
+    net = torch.nn.Sequential(
+        torch.nn.Linear(len(names), 32),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 8),
+        torch.nn.ReLU(),
+        torch.nn.Linear(8, 32),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, len(names)),
+    )
+    net.eval()
+    c = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=f"tutorial-{time.time()}",
+    )
+    got, t0 = 0, None
+    for msg in c:
+        if t0 is None:
+            t0 = time.perf_counter()
+        doc = json.loads(msg.value)
+        x = torch.tensor([[doc[k] for k in names]], dtype=torch.float32)
+        with torch.no_grad():
+            err = float(((net(x) - x) ** 2).mean())
+        _ = err > 1.0
+        got += 1
+        if got >= n:
+            break
+    dt = time.perf_counter() - (t0 or time.perf_counter())
+    c.close()
+    return got / dt
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--messages", type=int, default=200_000)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--peer-messages", type=int, default=20_000)
+    ap.add_argument("--latency-rate", type=int, default=5_000)
+    ap.add_argument("--latency-seconds", type=float, default=15.0)
+    a = ap.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="vigil-bench-"))
+    port = free_port()
+    subprocess.run(
+        [
+            str(ROOT / "scripts" / "kafka-dev"),
+            "start",
+            "--port",
+            str(port),
+            "--controller-port",
+            str(free_port()),
+            "--dir",
+            str(workdir / "kafka"),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    bootstrap = f"127.0.0.1:{port}"
+    try:
+        model = make_model(workdir)
+        from detector.bundle import load_bundle
+
+        names = load_bundle(model).features
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        admin.create_topics(
+            [NewTopic("bench", a.partitions, 1), NewTopic("latency", a.partitions, 1)]
+        )
+        admin.close()
+        print(f"producing {a.messages} messages…", flush=True)
+        msg_bytes = produce(bootstrap, "bench", a.messages, names)
+        results: dict[str, object] = {
+            "messages": a.messages,
+            "message_bytes": msg_bytes,
+            "partitions": a.partitions,
+        }
+        results["ceiling_msg_per_s"] = bare_consumer(bootstrap, "bench", a.messages)
+        print("ceiling", results["ceiling_msg_per_s"], flush=True)
+        results["vigil_dense"] = vigil(bootstrap, "bench", model, a.messages, workdir)
+        print("vigil", results["vigil_dense"], flush=True)
+        results["peer_tutorial_msg_per_s"] = peer_tutorial(
+            bootstrap, "bench", names, a.peer_messages
+        )
+        print("peer (a)", results["peer_tutorial_msg_per_s"], flush=True)
+        results["latency"] = latency(
+            bootstrap, "latency", model, names, a.latency_rate, a.latency_seconds, workdir
+        )
+        print("latency", results["latency"], flush=True)
+        results["inference_rows_per_s"] = inference(model)
+    finally:
+        subprocess.run(
+            [str(ROOT / "scripts" / "kafka-dev"), "stop", "--dir", str(workdir / "kafka")],
+            stdout=subprocess.DEVNULL,
+        )
+    v = results["vigil_dense"]
+    assert isinstance(v, dict)
+    results["ratio_vigil_to_ceiling"] = v["msg_per_s"] / results["ceiling_msg_per_s"]  # type: ignore[operator]
+    results["ratio_vigil_to_peer_tutorial"] = v["msg_per_s"] / results["peer_tutorial_msg_per_s"]  # type: ignore[operator]
+    results["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    results["command"] = " ".join(["python", "bench/throughput.py", *sys.argv[1:]])
+    results["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "throughput.json").write_text(json.dumps(results, indent=2) + "\n")
+    lat = results["latency"]
+    assert isinstance(lat, dict)
+    inf = results["inference_rows_per_s"]
+    assert isinstance(inf, dict)
+    md = [
+        f"# Throughput ({results['date']}, {os.cpu_count()} cores)",
+        "",
+        f"`{results['command']}`: {a.messages} messages of about {msg_bytes} bytes (52 named features as JSON), "
+        f"{a.partitions} partitions, local broker.",
+        "",
+        "| what | msg/s | ratio |",
+        "|---|---:|---:|",
+        f"| bare kafka-python consumer (ceiling) | {results['ceiling_msg_per_s']:,.0f} | 1.00 |",
+        f"| vigil-detect run, dense model | {v['msg_per_s']:,.0f} | {results['ratio_vigil_to_ceiling']:.2f} |",
+        f"| peer (a): tutorial loop, torch per message | {results['peer_tutorial_msg_per_s']:,.0f} | "
+        f"vigil is {results['ratio_vigil_to_peer_tutorial']:.1f}x faster |",
+        "",
+        f"Decision latency at {lat['offered_msg_per_s']} msg/s offered: p50 <= {lat['p50_le_s'] * 1000:.1f} ms, "
+        f"p99 <= {lat['p99_le_s'] * 1000:.1f} ms (histogram bucket bounds).",
+        "",
+        f"Detector RSS: peak {v['peak_rss_mb']:.0f} MB, steady {v['steady_rss_mb']:.0f} MB.",
+        "",
+        "ONNX Runtime alone, CPU, rows/s by batch size: "
+        + ", ".join(f"{b}: {r:,.0f}" for b, r in inf.items()),
+        "",
+    ]
+    (out / "throughput.md").write_text("\n".join(md))
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    sys.exit(main())
