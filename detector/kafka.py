@@ -14,7 +14,7 @@ from typing import Any
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 
 from detector.errors import PublishError
 from detector.events import Outgoing
@@ -170,6 +170,15 @@ class KafkaSource:
 
     def assigned(self) -> int:
         return len(self.consumer.assignment()) if self.consumer is not None else 0
+
+    def group_stable(self) -> bool:
+        """Whether the consumer is a settled member of its group (not mid-rebalance)."""
+        if self.consumer is None:
+            return False
+        try:  # kafka-python has no public call for the member state
+            return self.consumer._coordinator.state == MemberState.STABLE
+        except AttributeError:
+            return True
 
     def broker_reachable(self) -> bool:
         if self.consumer is None:

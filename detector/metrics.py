@@ -156,7 +156,7 @@ class Metrics:
             ["operation"],
             registry=r,
         )
-        for op in ("connect", "poll", "publish", "commit"):
+        for op in ("connect", "poll", "publish", "commit", "rebalance"):
             self.kafka_errors.labels(op)
         self.batch_size = Histogram(
             "vigil_batch_size_messages",

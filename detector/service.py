@@ -83,6 +83,7 @@ class Detector:
         self.settings, self.source, self.sink = settings, source, sink
         self.metrics, self.health, self.stop = metrics, health, stop
         self.watcher, self.shadow = watcher, shadow
+        self._unstable_since: float | None = None
         a = settings.alerts
         self.episodes = Episodes(
             a.k, a.n, a.close_after, a.continue_every, settings.state.max_entities
@@ -141,6 +142,16 @@ class Detector:
                 old = self.model_id[1]
                 self._serve(candidate)  # between two batches: each batch is one model's
                 log.info("model swapped: %s -> %s", old, self.model_id[1])
+        self._watch_rebalance()
+        if self.source.consumer is None:  # a rejoin that could not connect: try again
+            self._report_health()
+            try:
+                self.source.connect()
+            except KafkaError as e:
+                self.metrics.kafka_errors.labels("connect").inc()
+                log.warning("cannot reconnect to Kafka (%s); retrying", e)
+                self.stop.wait(2.0)
+            return 0
         b = self.settings.batch
         try:
             batch = self.source.poll_batch(b.max_size, b.max_wait_ms)
@@ -183,6 +194,27 @@ class Detector:
         self._record(batch, decoded, scores, decisions, event_ms, outgoing, started)
 
     # -- helpers -------------------------------------------------------------------------
+    def _watch_rebalance(self) -> None:
+        """A member stuck mid-rebalance for longer than kafka.rejoin_timeout_s (seen with
+        kafka-python when a rebalance follows right after a join) rejoins as a new member.
+        Between batches, so nothing uncommitted is in hand."""
+        now = time.monotonic()
+        if self.source.consumer is None or self.source.group_stable():
+            self._unstable_since = None
+            return
+        if self._unstable_since is None:
+            self._unstable_since = now
+            return
+        if now - self._unstable_since < self.settings.kafka.rejoin_timeout_s:
+            return
+        log.warning(
+            "group membership not settled for %.0f s; rejoining as a new member",
+            now - self._unstable_since,
+        )
+        self.metrics.kafka_errors.labels("rebalance").inc()
+        self._unstable_since = now
+        self.source.close()  # the next step connects again, as a new member
+
     def _windows(
         self, batch: list[ConsumerRecord], decoded: Decoded, event_ms: np.ndarray
     ) -> tuple[np.ndarray, Decoded, np.ndarray]:
