@@ -82,7 +82,7 @@ class KafkaSettings(_Section):
     ssl_check_hostname: bool = True
     session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
     max_poll_interval_ms: int = Field(default=60_000, ge=10_000)  # also the rebalance timeout
-    rejoin_timeout_s: float = Field(default=30.0, ge=5.0)  # a rebalance longer than this: rejoin
+    rejoin_timeout_s: float = Field(default=10.0, ge=5.0)  # a rebalance longer than this: rejoin
     request_timeout_ms: int = Field(default=30_000, ge=1_000)
     delivery_timeout_ms: int = Field(default=60_000, ge=1_000)
 

@@ -29,7 +29,7 @@ def test_demo_trains_streams_alerts_and_stops(kafka_bootstrap: str, tmp_path: Pa
             "--rate",
             "300",
             "--duration",
-            "15",
+            "30",
         ],
         capture_output=True,
         text=True,
