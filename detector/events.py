@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import orjson
@@ -37,6 +38,11 @@ class Source:
     topic: str
     partition: int
     offset: int
+
+    @classmethod
+    def of(cls, record: Any) -> Source:
+        """Where a consumed record came from (anything with topic, partition, offset)."""
+        return cls(record.topic, record.partition, record.offset)
 
 
 @dataclass(frozen=True)

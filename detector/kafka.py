@@ -20,7 +20,14 @@ from detector.errors import PublishError
 from detector.events import Outgoing
 from detector.settings import KafkaSettings, Settings
 
-__all__ = ["ConsumerRecord", "KafkaSink", "KafkaSource", "TopicPartition", "client_config"]
+__all__ = [
+    "ConsumerRecord",
+    "KafkaSink",
+    "KafkaSource",
+    "TopicPartition",
+    "client_config",
+    "last_offsets",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,15 @@ def client_config(k: KafkaSettings) -> dict[str, Any]:
         cfg["sasl_plain_username"] = k.username
         cfg["sasl_plain_password"] = k.secret()
     return cfg
+
+
+def last_offsets(records: list[ConsumerRecord]) -> dict[TopicPartition, int]:
+    """The highest offset of each partition in a batch: computed once, used to commit and
+    to measure lag."""
+    last: dict[tuple[str, int], int] = {}
+    for r in records:  # offsets only grow within a partition's records
+        last[(r.topic, r.partition)] = r.offset
+    return {TopicPartition(t, p): o for (t, p), o in last.items()}
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -141,20 +157,15 @@ class KafkaSource:
             records = [r for r in records if TopicPartition(r.topic, r.partition) in owned]
         return records
 
-    def commit(self, records: list[ConsumerRecord]) -> None:
+    def commit(self, last: dict[TopicPartition, int]) -> None:
+        """Commit past the last offset of each partition of a batch."""
         assert self.consumer is not None
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            if tp not in offsets or offsets[tp].offset <= r.offset:
-                offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
-        self.consumer.commit(offsets=offsets)
+        self.consumer.commit(
+            offsets={tp: OffsetAndMetadata(o + 1, "", -1) for tp, o in last.items()}
+        )
 
-    def lag(self, records: list[ConsumerRecord]) -> dict[TopicPartition, int]:
+    def lag(self, last: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         assert self.consumer is not None
-        last: dict[TopicPartition, int] = {}
-        for r in records:
-            last[TopicPartition(r.topic, r.partition)] = r.offset
         out = {}
         for tp, off in last.items():
             hw = self.consumer.highwater(tp)

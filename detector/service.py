@@ -34,7 +34,7 @@ from detector.events import (
     make_score_record,
 )
 from detector.http import Health, HttpServer
-from detector.kafka import ConsumerRecord, KafkaSink, KafkaSource
+from detector.kafka import ConsumerRecord, KafkaSink, KafkaSource, TopicPartition, last_offsets
 from detector.metrics import Metrics
 from detector.notify import Notifier
 from detector.registry import resolve
@@ -185,13 +185,13 @@ class Detector:
         outgoing = self._outgoing(batch, decoded, scores, decisions, event_ms)
         self._deliver(outgoing)  # blocks until acknowledged, retrying; raises Stopped
         try:
-            self.source.commit(batch)
+            self.source.commit(last := last_offsets(batch))
         except (CommitFailedError, KafkaError) as e:
             # The group moved on (rebalance): the new owner replays from the last commit.
             self.metrics.kafka_errors.labels("commit").inc()
             log.warning("commit failed, the batch will be replayed by the partition's owner: %s", e)
             return
-        self._record(batch, decoded, scores, decisions, event_ms, outgoing, started)
+        self._record(batch, last, decoded, scores, decisions, event_ms, outgoing, started)
 
     # -- helpers -------------------------------------------------------------------------
     def _watch_rebalance(self) -> None:
@@ -301,7 +301,7 @@ class Detector:
             r = batch[decoded.index[j]]
             key = self._key(r, decoded, j)
             event = make_event(
-                src=Source(r.topic, r.partition, r.offset),
+                src=Source.of(r),
                 key=key,
                 event_time_ms=float(event_ms[j]),
                 detected_ms=now_ms,
@@ -330,7 +330,7 @@ class Detector:
             )
         for rej in decoded.rejects:
             r = batch[rej.index]
-            src = Source(r.topic, r.partition, r.offset)
+            src = Source.of(r)
             out.append(
                 Outgoing(
                     t.dlq,
@@ -344,7 +344,7 @@ class Detector:
                 r = batch[decoded.index[j]]
                 key = self._key(r, decoded, j)
                 value = make_score_record(
-                    src=Source(r.topic, r.partition, r.offset),
+                    src=Source.of(r),
                     key=key,
                     event_time_ms=float(event_ms[j]),
                     model_version=version,
@@ -379,6 +379,7 @@ class Detector:
     def _record(
         self,
         batch: list[ConsumerRecord],
+        last: dict[TopicPartition, int],
         decoded: Decoded,
         scores: Scores,
         decisions: Decisions,
@@ -409,7 +410,7 @@ class Detector:
         m.batch_size.observe(len(batch))
         m.batch_seconds.observe(time.perf_counter() - started)
         m.last_batch.set(time.time())
-        for tp, lag in self.source.lag(batch).items():
+        for tp, lag in self.source.lag(last).items():
             m.lag.labels(tp.topic, str(tp.partition)).set(lag)
         self.health.reason = "serving"
 

@@ -226,7 +226,6 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
-    shutdown_timeout_s: float = Field(default=30.0, gt=0, le=600)
 
     @field_validator("model")
     @classmethod

@@ -9,21 +9,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from trainer.synth import CHANNELS
 
 ROOT = Path(__file__).resolve().parents[1]
 TEP_DIR = Path(os.environ.get("VIGIL_TEP_DIR", ROOT.parent / "shared" / "data" / "tep"))
-FEATURES_SYNTH = [
-    "flow_m3h",
-    "pressure_bar",
-    "motor_current_a",
-    "speed_rpm",
-    "bearing_temp_c",
-    "vibration_mms",
-    "outlet_temp_c",
-    "power_kw",
-]
+FEATURES_SYNTH = list(CHANNELS)  # the synthetic plant's channels, in order
 
 
 def free_port() -> int:
@@ -112,7 +104,3 @@ def tep_dir() -> Path:
     if not (TEP_DIR / "d00.dat").is_file():
         pytest.fail(f"Tennessee Eastman data not found at {TEP_DIR} (set VIGIL_TEP_DIR)")
     return TEP_DIR
-
-
-def rng() -> np.random.Generator:
-    return np.random.default_rng(0)
