@@ -44,10 +44,10 @@ def test_kill_minus_9_loses_no_anomaly(
     kills = 0
     for _ in range(KILLS):
         d = start_detector(
-            tmp_path, kafka_bootstrap, bundle_dir, topic, "g-kill", batch__max_size="500"
+            tmp_path, kafka_bootstrap, bundle_dir, topic, "g-kill", batch__max_size="100"
         )
         d.wait_ready()
-        time.sleep(rng.uniform(0.2, 1.5))  # somewhere inside the stream, mid-batch or not
+        time.sleep(rng.uniform(0.1, 0.6))  # somewhere inside the stream, mid-batch or not
         if committed_all(kafka_bootstrap, "g-kill", topic):
             d.kill()
             break
