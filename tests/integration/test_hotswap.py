@@ -89,6 +89,9 @@ def test_versions_swap_under_load_without_loss_or_double_scoring(
         d.wait_ready()
         producer = threading.Thread(target=load)
         producer.start()
+        scored = lambda: d.metric("vigil_messages_scored_total")  # noqa: E731
+        # Swap only once the detector is consuming, so each version decides some messages.
+        wait_for(lambda: scored() > 0, 60, "the detector to consume")
 
         def swap_to(action: Callable[[], object]) -> None:
             before = d.metric("vigil_model_reloads_total", {"result": "ok"}) + d.metric(
@@ -104,7 +107,8 @@ def test_versions_swap_under_load_without_loss_or_double_scoring(
                 30,
                 "the watcher's verdict",
             )
-            time.sleep(0.8)
+            seen = scored()
+            wait_for(lambda: scored() > seen + 200, 60, "messages decided after the verdict")
 
         swap_to(lambda: served.append(publish(good[0], registry).manifest.version))
         _broken_copy(good[1], model_dir, "29990101T000000Z-badbad01")
