@@ -224,9 +224,13 @@ class KafkaSink:
     """Sends a batch's records and waits until the broker acknowledged all of them."""
 
     def __init__(self, settings: Settings):
-        k = settings.kafka
-        self.timeout_s = k.delivery_timeout_ms / 1000.0
-        self.producer = KafkaProducer(
+        self.settings = settings.kafka
+        self.timeout_s = self.settings.delivery_timeout_ms / 1000.0
+        self.producer = self._producer()
+
+    def _producer(self) -> KafkaProducer:
+        k = self.settings
+        return KafkaProducer(
             **client_config(k),
             acks="all",
             enable_idempotence=True,  # retries never duplicate or reorder a key's events
@@ -239,6 +243,16 @@ class KafkaSink:
 
     def deliver(self, records: list[Outgoing]) -> None:
         """Raise PublishError unless every record is acknowledged."""
+        try:
+            self._send_all(records)
+        except PublishError:
+            # After some refusals (record too large, not authorised) kafka-python's idempotent
+            # producer stays in a fatal state and fails every later send: start afresh.
+            self.close()
+            self.producer = self._producer()
+            raise
+
+    def _send_all(self, records: list[Outgoing]) -> None:
         futures = []
         try:
             for r in records:

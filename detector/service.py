@@ -372,7 +372,7 @@ class Detector:
                 log.warning("%s; retrying in %.2fs (batch not committed)", e, backoff)
             if self.stop.wait(backoff):
                 raise Stopped("shutdown while retrying a batch; it stays uncommitted")
-            backoff = min(backoff * 2, 30.0)
+            backoff = min(backoff * 2, 10.0)
             self.source.keepalive()
             self.health.beat()
 

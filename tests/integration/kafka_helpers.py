@@ -158,6 +158,16 @@ def read_all(bootstrap: str, topic: str, timeout: float = 30) -> list[Any]:
     return records
 
 
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offset per partition of `topic` (absent: nothing committed)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        committed = admin.list_group_offsets(group).get(group, {})
+    finally:
+        admin.close()
+    return {tp.partition: m.offset for tp, m in committed.items() if tp.topic == topic}
+
+
 def committed_all(bootstrap: str, group: str, topic: str) -> bool:
     """Whether the group's committed offsets reached the end of every partition."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
