@@ -13,10 +13,10 @@ from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError
+from kafka.errors import KafkaConnectionError, KafkaError, SaslAuthenticationFailedError
 from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 
-from detector.errors import PublishError
+from detector.errors import ConfigError, PublishError
 from detector.events import Outgoing
 from detector.settings import KafkaSettings, Settings
 
@@ -52,6 +52,47 @@ def client_config(k: KafkaSettings) -> dict[str, Any]:
         cfg["sasl_plain_username"] = k.username
         cfg["sasl_plain_password"] = k.secret()
     return cfg
+
+
+class _RefusedBootstrap(logging.Filter):
+    """kafka-python gives up a bootstrap with "Unable to bootstrap" and names the cause (bad
+    credentials, an untrusted certificate) only in its log: keep that cause, so that the
+    detector can say what to fix instead of retrying forever."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cause: Exception | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        for a in args:
+            if isinstance(a, SaslAuthenticationFailedError) or (
+                isinstance(a, KafkaConnectionError) and "CERTIFICATE_VERIFY_FAILED" in str(a)
+            ):
+                self.cause = a
+        return True
+
+
+_refused = _RefusedBootstrap()
+logging.getLogger("kafka.net.manager").addFilter(_refused)
+
+
+def refusal(k: KafkaSettings) -> ConfigError | None:
+    """What to fix when the broker refused this client's security settings, if it did."""
+    cause, _refused.cause = _refused.cause, None
+    if isinstance(cause, SaslAuthenticationFailedError):
+        return ConfigError(
+            f"Kafka at {k.bootstrap_servers} refused the credentials of user {k.username!r} "
+            f"({k.sasl_mechanism}): check kafka.username and kafka.password or "
+            f"kafka.password_file ({cause.__class__.__name__})"
+        )
+    if cause is not None:
+        detail = str(cause).split("] ", 1)[-1]
+        return ConfigError(
+            f"the TLS certificate of Kafka at {k.bootstrap_servers} is not trusted ({detail}): "
+            "set kafka.ssl_cafile to the CA that signed it, or check kafka.ssl_check_hostname"
+        )
+    return None
 
 
 def last_offsets(records: list[ConsumerRecord]) -> dict[TopicPartition, int]:
@@ -95,8 +136,19 @@ class KafkaSource:
         self.consumer: KafkaConsumer | None = None
 
     def connect(self) -> KafkaSource:
-        """One attempt; raises NoBrokersAvailable/KafkaError when the broker is unreachable."""
+        """One attempt; raises KafkaError when the broker is unreachable, ConfigError when it
+        refuses the credentials or the client does not trust its certificate."""
         k = self.settings.kafka
+        _refused.cause = None
+        try:
+            return self._connect(k)
+        except KafkaError as e:
+            refused = refusal(k)
+            if refused is None:
+                raise
+            raise refused from e
+
+    def _connect(self, k: KafkaSettings) -> KafkaSource:
         consumer = KafkaConsumer(
             **client_config(k),
             group_id=k.group_id,
