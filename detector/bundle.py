@@ -9,6 +9,7 @@ used as a path, and models are ONNX only (nothing is unpickled).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -126,6 +127,9 @@ class Manifest(_Frozen):
     feature_error: ErrorStats
     training: Training
     validation: dict[str, float]
+    # Deciles of held-out normal scores: the reference of the detector's drift statistic
+    # (detector/drift.py). Absent in bundles written before it existed.
+    score_reference: list[float] | None = Field(default=None, min_length=1, max_length=99)
     model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     libraries: dict[str, str]
     golden: Golden
@@ -147,6 +151,11 @@ class Manifest(_Frozen):
             raise ValueError("feature names must be unique")
         if len(self.feature_error.mean) != n or len(self.feature_error.std) != n:
             raise ValueError(f"feature_error statistics must have {n} entries, one per feature")
+        ref = self.score_reference
+        if ref is not None and (
+            not all(map(math.isfinite, ref)) or any(b < a for a, b in itertools.pairwise(ref))
+        ):
+            raise ValueError("score_reference must be finite and non-decreasing")
         return self
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -15,8 +16,9 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from detector.decode import REASONS
+from detector.drift import psi
 
-__all__ = ["BatchHistogram", "Metrics", "RecentQuantiles"]
+__all__ = ["BatchHistogram", "Metrics", "RecentQuantiles", "Reference"]
 
 disable_created_metrics()  # the *_created series double the output for no dashboard use
 
@@ -80,15 +82,28 @@ class BatchHistogram(Collector):
         yield HistogramMetricFamily(self.name, self.documentation)
 
 
+@dataclass(frozen=True)
+class Reference:
+    """What a model's recent scores are compared with: its threshold, the alarm rate and the
+    score deciles of its calibration data (manifest)."""
+
+    threshold: float
+    calibrated_alert_ratio: float | None
+    edges: list[float] | None
+
+
 class RecentQuantiles(Collector):
-    """Quantiles of the last `size` scores of the live and the shadow model, side by side,
-    so an operator can compare a candidate on live traffic before promoting it."""
+    """The last `size` scores of the live and the shadow model, side by side: quantiles, the
+    share above the threshold, and drift from the calibration data, so that an operator can
+    compare a candidate on live traffic and see when the live model needs retraining."""
 
     QUANTILES = (0.5, 0.9, 0.99, 0.999)
+    MIN_FOR_DRIFT = 500  # fewer scores than this say little about a distribution
 
     def __init__(self, registry: CollectorRegistry, size: int = 10_000):
         self.size = size
         self._buffers: dict[str, np.ndarray] = {}
+        self._references: dict[str, Reference] = {}
         self._lock = threading.Lock()
         registry.register(self)
 
@@ -98,26 +113,57 @@ class RecentQuantiles(Collector):
             old = self._buffers.get(model, np.zeros(0))
             self._buffers[model] = np.concatenate([old, v])[-self.size :]
 
-    def forget(self, model: str) -> None:
+    def forget(self, model: str, reference: Reference | None = None) -> None:
+        """A new model: its scores are not comparable with the old one's."""
         with self._lock:
             self._buffers.pop(model, None)
+            if reference is not None:
+                self._references[model] = reference
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        fam = GaugeMetricFamily(
+        quantiles = GaugeMetricFamily(
             "vigil_recent_score_quantile",
             "Quantiles of the most recent scores (up to 10,000), by model role.",
-            labels=["model", "quantile"],
+            labels=["model", "q"],
+        )
+        ratio = GaugeMetricFamily(
+            "vigil_recent_alert_ratio",
+            "Share of the most recent scores (up to 10,000) above the threshold, by model role.",
+            labels=["model"],
+        )
+        calibrated = GaugeMetricFamily(
+            "vigil_calibrated_alert_ratio",
+            "Share of the calibration data above the threshold (from the manifest).",
+            labels=["model"],
+        )
+        drift = GaugeMetricFamily(
+            "vigil_score_drift_psi",
+            "Population stability index of the most recent scores against the calibration "
+            "scores' deciles (0.1-0.25 moderate shift, above 0.25 retrain); from 500 scores.",
+            labels=["model"],
         )
         with self._lock:
-            buffers = dict(self._buffers)
+            buffers, references = dict(self._buffers), dict(self._references)
         for model, buf in sorted(buffers.items()):
-            if buf.size:
-                for q, v in zip(self.QUANTILES, np.quantile(buf, self.QUANTILES), strict=True):
-                    fam.add_metric([model, repr(q)], float(v))
-        yield fam
+            if not buf.size:
+                continue
+            for q, v in zip(self.QUANTILES, np.quantile(buf, self.QUANTILES), strict=True):
+                quantiles.add_metric([model, repr(q)], float(v))
+            ref = references.get(model)
+            if ref is None:
+                continue
+            ratio.add_metric([model], float(np.mean(buf > ref.threshold)))
+            if ref.edges is not None and buf.size >= self.MIN_FOR_DRIFT:
+                drift.add_metric([model], psi(buf, ref.edges))
+        for model, ref in sorted(references.items()):
+            if ref.calibrated_alert_ratio is not None:
+                calibrated.add_metric([model], ref.calibrated_alert_ratio)
+        yield from (quantiles, ratio, calibrated, drift)
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
-        yield GaugeMetricFamily("vigil_recent_score_quantile", "", labels=["model", "quantile"])
+        yield GaugeMetricFamily("vigil_recent_score_quantile", "", labels=["model", "q"])
+        for name in ("recent_alert_ratio", "calibrated_alert_ratio", "score_drift_psi"):
+            yield GaugeMetricFamily(f"vigil_{name}", "", labels=["model"])
 
 
 def _le(b: float) -> str:

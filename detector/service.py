@@ -35,7 +35,7 @@ from detector.events import (
 )
 from detector.http import Health, HttpServer
 from detector.kafka import ConsumerRecord, KafkaSink, KafkaSource, TopicPartition, last_offsets
-from detector.metrics import Metrics
+from detector.metrics import Metrics, Reference
 from detector.notify import Notifier
 from detector.registry import resolve
 from detector.reload import ModelWatcher, mapping_with
@@ -51,6 +51,16 @@ T = TypeVar("T")
 
 class Stopped(Exception):
     """Shutdown was asked for while a batch was still unpublished: leave it uncommitted."""
+
+
+def reference_of(scorer: Scorer, threshold: float) -> Reference:
+    """What the drift and alert-ratio gauges compare a model's recent scores with. An
+    overridden threshold has no calibrated alarm rate."""
+    m = scorer.bundle.manifest
+    calibrated = m.validation.get("calibration_alarm_rate")
+    return Reference(
+        threshold, calibrated if threshold == scorer.threshold else None, m.score_reference
+    )
 
 
 def mapping_for(settings: Settings, bundle: Bundle) -> Mapping:
@@ -99,6 +109,7 @@ class Detector:
             sm = shadow.bundle.manifest
             metrics.shadow_info.labels(sm.name, sm.version).set(1)
             metrics.shadow_threshold.set(shadow.threshold)
+            metrics.recent.forget("shadow", reference_of(shadow, shadow.threshold))
 
     def _serve(self, scorer: Scorer) -> None:
         """Make `scorer` the live model. Called at start and between two batches.
@@ -123,7 +134,7 @@ class Detector:
         m = scorer.bundle.manifest
         self.model_id = (m.name, m.version)
         self.metrics.set_model(m.name, m.version, scorer.provider, self.threshold)
-        self.metrics.recent.forget("live")
+        self.metrics.recent.forget("live", reference_of(scorer, self.threshold))
         if self.shadow is not None:
             self._shadow_order = np.array([scorer.features.index(f) for f in self.shadow.features])
 

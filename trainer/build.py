@@ -31,6 +31,7 @@ from detector.bundle import (
     load_bundle,
     write_bundle,
 )
+from detector.drift import reference_edges
 from detector.scorer import Scorer
 from trainer.calibrate import error_stats, pot_threshold, quantile_threshold
 from trainer.config import TrainConfig
@@ -203,6 +204,7 @@ def build_bundle(data: Dataset, cfg: TrainConfig, out: str | Path, progress: boo
             "calibration_alarm_rate": float(np.mean(cal_scores > threshold.value)),
             "onnx_parity_max_error": parity,
         },
+        score_reference=reference_edges(cal_scores),
         model_sha256=hashlib.sha256(model_bytes).hexdigest(),
         libraries=_libraries(),
         golden=Golden(inputs=golden_x.tolist(), scores=[0.0] * len(golden_x)),

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from detector.metrics import LATENCY_BUCKETS, BatchHistogram, Metrics
+from detector.drift import psi, reference_edges
+from detector.metrics import LATENCY_BUCKETS, BatchHistogram, Metrics, Reference
 
 
 def test_batch_histogram_matches_prometheus_histogram() -> None:
@@ -37,9 +38,40 @@ def test_metrics_pass_promtool() -> None:
     m.latency.observe_many(np.array([0.001, 0.2]))
     m.scores.observe_many(np.array([0.1, 3.0]))
     m.lag.labels("telemetry", "0").set(3)
+    m.recent.forget("live", Reference(0.5, 0.01, [0.1 * i for i in range(1, 10)]))
+    m.recent.observe_many("live", np.linspace(0, 1, 1000))
     text = generate_latest(m.registry)
     out = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, timeout=30
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert b"vigil_messages_consumed_total" in text
+    assert b'vigil_score_drift_psi{model="live"}' in text
+
+
+def test_recent_alert_ratio_and_drift_against_the_reference() -> None:
+    rng = np.random.default_rng(1)
+    calibration = rng.gamma(2.0, 1.0, 20_000)
+    threshold = float(np.quantile(calibration, 0.99))
+    m = Metrics()
+    m.recent.forget("live", Reference(threshold, 0.01, reference_edges(calibration)))
+    get = m.registry.get_sample_value
+    m.recent.observe_many("live", rng.gamma(2.0, 1.0, 400))
+    assert get("vigil_score_drift_psi", {"model": "live"}) is None  # too few scores yet
+    m.recent.observe_many("live", rng.gamma(2.0, 1.0, 10_000))  # same distribution
+    assert get("vigil_score_drift_psi", {"model": "live"}) < 0.02
+    assert get("vigil_recent_alert_ratio", {"model": "live"}) == pytest.approx(0.01, abs=0.005)
+    assert get("vigil_calibrated_alert_ratio", {"model": "live"}) == 0.01
+    m.recent.observe_many("live", rng.gamma(2.0, 1.0, 10_000) * 1.5)  # the process moved
+    assert get("vigil_score_drift_psi", {"model": "live"}) > 0.25
+    assert get("vigil_recent_alert_ratio", {"model": "live"}) > 0.05
+    m.recent.forget("live", Reference(threshold, 0.01, reference_edges(calibration)))
+    assert get("vigil_score_drift_psi", {"model": "live"}) is None  # a new model starts afresh
+
+
+def test_psi_is_zero_for_the_reference_and_grows_with_the_shift() -> None:
+    x = np.random.default_rng(2).normal(size=50_000)
+    edges = reference_edges(x)
+    assert psi(x, edges) < 1e-3
+    shifts = [psi(x + d, edges) for d in (0.1, 0.3, 1.0)]
+    assert shifts == sorted(shifts) and shifts[0] < 0.1 < 0.25 < shifts[2]
