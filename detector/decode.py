@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 
-__all__ = ["REASONS", "Decoded", "Mapping", "Reject", "decode_batch"]
+__all__ = ["REASONS", "Decoded", "Mapping", "Reject", "decode_batch", "entity_key", "event_times"]
 
 # Every reason a message can be dead-lettered for; a bounded label set for metrics.
 REASONS = (
@@ -236,3 +236,19 @@ def decode_batch(values: Sequence[bytes | None], m: Mapping) -> Decoded:
         times_ms=times,
         rejects=rejects,
     )
+
+
+def event_times(d: Decoded, timestamps_ms: Sequence[int]) -> np.ndarray:
+    """[M] epoch ms of each decoded row: from the payload's time field when the mapping has
+    one, else the Kafka timestamp of its message (NaN when the broker has none)."""
+    if d.times_ms is not None:
+        return d.times_ms
+    ts = np.fromiter((timestamps_ms[i] for i in d.index), dtype=np.float64, count=len(d.index))
+    return np.where(ts >= 0, ts, np.nan)
+
+
+def entity_key(d: Decoded, j: int, kafka_key: bytes | None) -> str | None:
+    """The entity of decoded row j: the payload's key field, else the Kafka key."""
+    if d.keys is not None:
+        return d.keys[j]
+    return kafka_key.decode("utf-8", "replace") if kafka_key is not None else None

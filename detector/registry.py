@@ -81,8 +81,16 @@ def resolve(path: str | os.PathLike[str]) -> Path:
     raise BundleError(f"{p}: neither a bundle nor a registry model directory (with {CURRENT_FILE})")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    # mkstemp makes 0600 files: detectors often run as another user than the publisher.
+    os.fchmod(fd, 0o666 & ~_umask())
     with os.fdopen(fd, "w") as f:
         f.write(text)
         f.flush()
@@ -129,6 +137,7 @@ def publish(
             raise BundleError(f"{target} exists with a different model; versions are immutable")
     else:
         tmp = Path(tempfile.mkdtemp(prefix=f".{m.version}.", dir=model_dir))
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide it from the detectors
         for f in Path(bundle_dir).iterdir():
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)

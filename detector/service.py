@@ -21,7 +21,7 @@ import orjson
 from kafka.errors import CommitFailedError, KafkaConfigurationError, KafkaError
 
 from detector.bundle import Bundle, load_bundle
-from detector.decode import Decoded, Mapping, decode_batch
+from detector.decode import Decoded, Mapping, decode_batch, entity_key, event_times
 from detector.episodes import Episodes
 from detector.errors import ConfigError, PublishError
 from detector.events import (
@@ -273,17 +273,10 @@ class Detector:
         self.metrics.recent.observe_many("shadow", s)
 
     def _event_times(self, batch: list[ConsumerRecord], decoded: Decoded) -> np.ndarray:
-        if decoded.times_ms is not None:
-            return decoded.times_ms
-        ts = np.fromiter(
-            (batch[i].timestamp for i in decoded.index), dtype=np.float64, count=len(decoded.index)
-        )
-        return np.where(ts >= 0, ts, np.nan)
+        return event_times(decoded, [r.timestamp for r in batch])
 
     def _key(self, record: ConsumerRecord, decoded: Decoded, j: int) -> str | None:
-        if decoded.keys is not None:
-            return decoded.keys[j]
-        return record.key.decode("utf-8", "replace") if record.key is not None else None
+        return entity_key(decoded, j, record.key)
 
     def _outgoing(
         self,

@@ -6,12 +6,15 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import fields
+from datetime import UTC, datetime
 from pathlib import Path
 
 from detector.errors import VigilError
 from trainer.config import MODELS, TrainConfig
+from trainer.retrain import Gate
 
 __all__ = ["main"]
 
@@ -174,6 +177,40 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--entities", type=int, default=4)
     s.add_argument("--fault-rate", type=float, default=0.0)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--drift", type=float, default=0.0, help="wear reached in the last third")
+
+    detector_settings = (
+        "Kafka, topics, payload mapping and model.path come from the detector's settings: "
+        "VIGIL_* environment variables and --config, as for `vigil-detect run`."
+    )
+    c = sub.add_parser(
+        "collect",
+        help="read recent normal data from the input topic into Parquet",
+        description=detector_settings,
+    )
+    c.add_argument("--config", type=Path, help="the detector's TOML or YAML settings file")
+    c.add_argument("--since", required=True, help="'7d', '12h', '30m' ago, or an ISO 8601 time")
+    c.add_argument("--until", default="now", help="same forms; default now")
+    c.add_argument("--margin", default="30m", help="left out around each anomaly episode")
+    c.add_argument(
+        "--drop-alerted-entities", action="store_true", help="leave out entities that alarmed"
+    )
+    c.add_argument("--out", required=True, type=Path, help="Parquet file to write")
+    c.add_argument("--no-progress", action="store_true")
+    rt = sub.add_parser(
+        "retrain",
+        help="fit a candidate on collected data, compare with the live model, publish if it passes",
+        description=detector_settings,
+    )
+    rt.add_argument("--config", type=Path, help="the detector's TOML or YAML settings file")
+    rt.add_argument("--data", required=True, type=Path, help="Parquet from `vigil-train collect`")
+    rt.add_argument("--report", type=Path, help="where the candidate and comparison go")
+    g = Gate()
+    rt.add_argument("--max-alert-ratio", type=float, default=g.max_alert_ratio)
+    rt.add_argument("--max-psi", type=float, default=g.max_psi)
+    rt.add_argument("--holdout", type=float, default=g.holdout)
+    rt.add_argument("--dry-run", action="store_true", help="compare, never publish")
+    rt.add_argument("--no-progress", action="store_true")
     return ap
 
 
@@ -266,7 +303,7 @@ def _synth(a: argparse.Namespace) -> int:
 
     from trainer.synth import simulate
 
-    t = simulate(a.steps, a.entities, seed=a.seed, fault_rate=a.fault_rate)
+    t = simulate(a.steps, a.entities, seed=a.seed, fault_rate=a.fault_rate, drift=a.drift)
     table = pa.table(t.columns())
     suffix = a.out.suffix.lower()
     a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -329,6 +366,51 @@ def _rollback(a: argparse.Namespace) -> int:
     return 0
 
 
+def _collect(a: argparse.Namespace) -> int:
+    from detector.settings import load_settings
+    from trainer.collect import collect, parse_duration_ms, parse_when
+
+    settings = load_settings(a.config)
+    now = int(time.time() * 1000)
+    result = collect(
+        settings,
+        a.out,
+        parse_when(a.since, now),
+        parse_when(a.until, now),
+        margin_ms=parse_duration_ms(a.margin),
+        drop_alerted_entities=a.drop_alerted_entities,
+        progress=not a.no_progress,
+    )
+    print(json.dumps(result.summary(), indent=2))
+    return 0
+
+
+GATE_REFUSED = 3
+
+
+def _retrain(a: argparse.Namespace) -> int:
+    from detector.settings import load_settings
+    from trainer.retrain import retrain
+
+    settings = load_settings(a.config)
+    report = a.report or Path(f"retrain-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+    gate = Gate(a.max_alert_ratio, a.max_psi, a.holdout)
+    outcome = retrain(
+        Path(settings.model.path),
+        a.data,
+        report,
+        gate,
+        dry_run=a.dry_run,
+        progress=not a.no_progress,
+    )
+    print(json.dumps(outcome.comparison, indent=2))
+    if outcome.reasons:
+        for r in outcome.reasons:
+            print(f"vigil-train: candidate refused: {r}", file=sys.stderr)
+        return GATE_REFUSED
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     logging.basicConfig(
@@ -343,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "publish": _publish,
             "models": _models,
             "rollback": _rollback,
+            "collect": _collect,
+            "retrain": _retrain,
         }
         return commands[a.command](a)
     except VigilError as e:

@@ -7,6 +7,10 @@ ambient temperature, with sensor noise; optionally fault episodes of four kinds:
 - spike: a few isolated readings far off
 - stuck: one channel freezes at its last value while the process moves on
 - decoupled: one channel stops following the load (a broken correlation)
+
+and optionally wear (`drift`), a slow change of normal behaviour that calls for retraining
+rather than alarms: between a third and two thirds of the series the motor draws more
+current, runs hotter and vibrates more at the same load, then stays so.
 """
 
 from __future__ import annotations
@@ -56,6 +60,15 @@ def _ar1(rng: np.random.Generator, n: int, rho: float, sigma: float) -> np.ndarr
         acc = rho * acc + e[i]
         out[i] = acc
     return out
+
+
+_WEAR = np.array([0.0, 0.0, 3.0, 0.0, 4.0, 0.4, 0.0, 0.0])  # per unit of wear, in raw units
+
+
+def _wear(n: int, drift: float) -> np.ndarray:
+    """[n, C] offsets: 0 for the first third, a linear ramp, `drift` x _WEAR for the last."""
+    ramp = np.clip((np.arange(n) - n / 3) / (n / 3), 0.0, 1.0)
+    return drift * ramp[:, None] * _WEAR
 
 
 def _entity_signals(rng: np.random.Generator, t_s: np.ndarray, phase: float) -> np.ndarray:
@@ -118,14 +131,16 @@ def simulate(
     episode: int = 30,
     step_seconds: float = 60.0,
     start_ms: int = 1_767_225_600_000,  # 2026-01-01T00:00:00Z
+    drift: float = 0.0,
 ) -> Telemetry:
     """`steps` samples per entity, interleaved by time. `fault_rate` is the share of each
-    entity's samples inside fault episodes (roughly; episodes never overlap)."""
+    entity's samples inside fault episodes (roughly; episodes never overlap). `drift` is the
+    wear reached in the last third (0: none; 1: several noise widths on three channels)."""
     rng = np.random.default_rng(seed)
     t_s = np.arange(steps) * step_seconds
     per_entity = []
     for _ in range(entities):
-        x = _entity_signals(rng, t_s, phase=rng.uniform(-0.5, 0.5))
+        x = _entity_signals(rng, t_s, phase=rng.uniform(-0.5, 0.5)) + _wear(steps, drift)
         kinds = np.full(steps, "", dtype=object)
         _inject(rng, x, kinds, fault_rate, episode)
         per_entity.append((x, kinds))

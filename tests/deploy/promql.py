@@ -56,7 +56,9 @@ def exported_series() -> dict[str, frozenset[str]]:
             labels[collector._name] = tuple(collector._labelnames)
     series: dict[str, frozenset[str]] = {}
     for family in metrics.registry.collect():
-        names = frozenset(labels.get(family.name, ()))
+        # A custom collector's families (GaugeMetricFamily, ...) carry their label names
+        # themselves, even while they have no samples.
+        names = frozenset(labels.get(family.name, getattr(family, "_labelnames", ())))
         if family.type == "counter":
             series[f"{family.name}_total"] = names
         elif family.type == "histogram":

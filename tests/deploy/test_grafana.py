@@ -40,6 +40,9 @@ REQUIRED_SERIES = {
     "severity": "vigil_severity_ratio_bucket",
     "readiness": "vigil_ready",
     "model info": "vigil_model_info",
+    "score drift": "vigil_score_drift_psi",
+    "recent alert ratio": "vigil_recent_alert_ratio",
+    "calibrated alert ratio": "vigil_calibrated_alert_ratio",
 }
 
 
@@ -131,6 +134,22 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
     assert not missing
     assert "histogram_quantile(0.5," in exprs and "histogram_quantile(0.99," in exprs
     assert "group_left (name, version) vigil_model_info" in exprs, "rates by model version"
+
+
+def test_drift_panel_marks_the_psi_thresholds() -> None:
+    """PSI: below 0.1 fine, 0.1 to 0.25 moderate, above 0.25 retrain (detector/drift.py),
+    drawn on the panel that plots it."""
+    (panel,) = [
+        p
+        for p in panels(load())
+        if any("vigil_score_drift_psi" in t["expr"] for t in p.get("targets", []))
+    ]
+    defaults = panel["fieldConfig"]["defaults"]
+    steps = [s["value"] for s in defaults["thresholds"]["steps"]]
+    assert steps == [None, 0.1, 0.25]
+    assert defaults["custom"]["thresholdsStyle"]["mode"] != "off"
+    rows = [p["title"] for p in load()["panels"] if p["type"] == "row"]
+    assert "Drift and retraining" in rows
 
 
 def test_every_query_uses_the_datasource_variable() -> None:

@@ -5,6 +5,7 @@ together the way the detector needs them to."""
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 from functools import cache
 from pathlib import Path, PurePosixPath
@@ -63,8 +64,10 @@ def test_every_object_is_valid(build: tuple[str, list[Doc]], version: str) -> No
 
 
 def test_build_has_every_piece_the_issue_asks_for(build: tuple[str, list[Doc]]) -> None:
-    _, docs = build
+    name, docs = build
     kinds = sorted(d["kind"] for d in docs)
+    # The base is the detector; the overlays add the retraining component's CronJob.
+    retrain = [] if name == "base" else ["CronJob"]
     assert kinds == sorted(
         [
             "Namespace",
@@ -77,6 +80,7 @@ def test_build_has_every_piece_the_issue_asks_for(build: tuple[str, list[Doc]]) 
             "PodDisruptionBudget",
             "ScaledObject",
             "TriggerAuthentication",
+            *retrain,
         ]
     )
     custom = {k for (_, k) in crd_validators()}
@@ -96,13 +100,28 @@ def test_build_has_every_piece_the_issue_asks_for(build: tuple[str, list[Doc]]) 
         ("ScaledObject", ["spec", "maxReplicaCount"], "twelve"),
         ("TriggerAuthentication", ["spec", "secretTargetRef", 0, "secret"], "x"),
         ("ServiceMonitor", ["metadata", "lables"], {"a": "b"}),
+        ("CronJob", ["spec", "concurrencyPolicyy"], "Forbid"),
+        (
+            "CronJob",
+            ["spec", "jobTemplate", "spec", "podFailurePolicy", "rules", 0, "onExitCodes"],
+            [2, 3],
+        ),
     ],
-    ids=["typo", "wrong-type", "crd-typo", "crd-type", "crd-unknown", "crd-metadata"],
+    ids=[
+        "typo",
+        "wrong-type",
+        "crd-typo",
+        "crd-type",
+        "crd-unknown",
+        "crd-metadata",
+        "cronjob-typo",
+        "cronjob-wrong-type",
+    ],
 )
 def test_validation_catches_mistakes(
     kustomize: str, kind: str, path: list[str | int], value: Any
 ) -> None:
-    docs = [d for d in yaml.safe_load_all(_render(kustomize, BUILDS["base"])) if d]
+    docs = [d for d in yaml.safe_load_all(_render(kustomize, BUILDS["cpu"])) if d]
     doc = copy.deepcopy(one(docs, kind))
     node: Any = doc
     for key in path[:-1]:
@@ -127,14 +146,15 @@ def settings(docs: list[Doc]) -> dict[str, str]:
 
 def mount_of(docs: list[Doc], file: str) -> tuple[Doc, Doc]:
     """The volume mount holding `file`, and its volume."""
-    mounts = [
-        m
-        for m in container(docs)["volumeMounts"]
-        if PurePosixPath(file).is_relative_to(m["mountPath"])
-    ]
-    assert mounts, f"{file} is on no volume"
-    volumes = one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
-    return mounts[0], next(v for v in volumes if v["name"] == mounts[0]["name"])
+    return mount_in(one(docs, "Deployment")["spec"]["template"]["spec"], container(docs), file)
+
+
+def mount_in(pod: Doc, c: Doc, file: str) -> tuple[Doc, Doc]:
+    """The volume mount of container `c` of `pod` holding `file`, and its volume."""
+    mounts = [m for m in c["volumeMounts"] if PurePosixPath(file).is_relative_to(m["mountPath"])]
+    assert mounts, f"{file} is on no volume of container {c['name']}"
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))  # the innermost
+    return mount, next(v for v in pod["volumes"] if v["name"] == mount["name"])
 
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -191,7 +211,11 @@ def test_model_registry_is_a_read_only_claim(build: tuple[str, list[Doc]]) -> No
     claim = volume["persistentVolumeClaim"]
     assert claim["readOnly"] is True
     pvc = named(docs, "PersistentVolumeClaim", claim["claimName"])
-    assert pvc["spec"]["accessModes"] in (["ReadOnlyMany"], ["ReadWriteMany"])
+    if any(d["kind"] == "CronJob" for d in docs):
+        # The retraining job writes it while detectors on any node read it.
+        assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    else:
+        assert pvc["spec"]["accessModes"] in (["ReadOnlyMany"], ["ReadWriteMany"])
 
 
 def test_kafka_credentials_come_from_the_secret(build: tuple[str, list[Doc]]) -> None:
@@ -303,3 +327,152 @@ def test_configmap_is_a_valid_detector_configuration(
     assert config["kafka"]["bootstrap_servers"] == env["VIGIL_KAFKA__BOOTSTRAP_SERVERS"]
     assert config["model"]["provider"] == env["VIGIL_MODEL__PROVIDER"]
     assert config["http"]["port"] == int(env["VIGIL_HTTP__PORT"])
+
+
+# -- retraining: the CronJob of components/retrain, in both overlays -------------------------
+OVERLAYS = sorted(set(BUILDS) - {"base"})
+
+
+@pytest.fixture(params=OVERLAYS, scope="module")
+def overlay(request: pytest.FixtureRequest, kustomize: str) -> list[Doc]:
+    return [d for d in yaml.safe_load_all(_render(kustomize, BUILDS[request.param])) if d]
+
+
+def retrain_pod(docs: list[Doc]) -> Doc:
+    cronjob = named(docs, "CronJob", "vigil-retrain")
+    return cronjob["spec"]["jobTemplate"]["spec"]["template"]
+
+
+def retrain_steps(docs: list[Doc]) -> tuple[Doc, Doc]:
+    """(collect, retrain): the init container that collects, the container that retrains."""
+    spec = retrain_pod(docs)["spec"]
+    (collect,) = spec["initContainers"]
+    (retrain,) = spec["containers"]
+    return collect, retrain
+
+
+def cli_args(c: Doc) -> Any:
+    """The container's `vigil-train` command line, read by vigil-train's own parser."""
+    from trainer.cli import _parser
+
+    assert c["args"][0] == "vigil-train", c["args"]
+    return _parser().parse_args(c["args"][1:])
+
+
+def test_retrain_runs_one_at_a_time_and_stops_on_a_verdict(overlay: list[Doc]) -> None:
+    cronjob = named(overlay, "CronJob", "vigil-retrain")
+    spec = cronjob["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid", "two runs would publish over each other"
+    job = spec["jobTemplate"]["spec"]
+    assert job["activeDeadlineSeconds"] > 0
+    assert retrain_pod(overlay)["spec"]["restartPolicy"] == "Never"
+    # Bad configuration (2) and a refused candidate (3) fail the Job without retries.
+    fail = [r for r in job["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
+    codes = {
+        v for r in fail if r["onExitCodes"]["operator"] == "In" for v in r["onExitCodes"]["values"]
+    }
+    assert {2, 3} <= codes
+    # Each run collects at least the time since the previous one.
+    minute, hour, dom, month, dow = spec["schedule"].split()
+    assert minute.isdigit() and hour.isdigit() and (dom, month) == ("*", "*")
+    period_d = 7 if dow.isdigit() else 1 if dow == "*" else None
+    assert period_d, f"teach this test the period of {spec['schedule']!r}"
+    since = cli_args(retrain_steps(overlay)[0]).since
+    m = re.fullmatch(r"(\d+)([dw])", since)
+    assert m, since
+    assert int(m.group(1)) * (7 if m.group(2) == "w" else 1) >= period_d
+
+
+def test_retrain_security_and_resources(overlay: list[Doc]) -> None:
+    pod = retrain_pod(overlay)["spec"]
+    detector = one(overlay, "Deployment")["spec"]["template"]["spec"]
+    sc = pod["securityContext"]
+    assert sc["runAsNonRoot"] is True
+    # The detectors' own user: what the job publishes is theirs to read.
+    assert sc["runAsUser"] == detector["securityContext"]["runAsUser"] > 0
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    for c in retrain_steps(overlay):
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= c["resources"][kind].keys(), (c["name"], kind)
+        csc = c["securityContext"]
+        assert csc["readOnlyRootFilesystem"] is True, c["name"]
+        assert csc["allowPrivilegeEscalation"] is False, c["name"]
+        assert csc["capabilities"]["drop"] == ["ALL"], c["name"]
+    allowed = {"configMap", "secret", "emptyDir", "persistentVolumeClaim", "projected"}
+    for v in pod["volumes"]:
+        assert (v.keys() - {"name"}) <= allowed, v
+    ns = one(overlay, "Namespace")["metadata"]["name"]
+    assert named(overlay, "CronJob", "vigil-retrain")["metadata"]["namespace"] == ns
+
+
+def test_retrain_uses_the_detectors_image_settings_and_secret(overlay: list[Doc]) -> None:
+    pod = retrain_pod(overlay)["spec"]
+    d = container(overlay)
+    s = settings(overlay)
+    detector_env = {e["name"]: e for e in d["env"]}
+    for c in retrain_steps(overlay):
+        assert c["image"] == d["image"], c["name"]
+        assert c["envFrom"] == d["envFrom"], c["name"]
+        env = {e["name"]: e for e in c["env"]}
+        assert env["VIGIL_KAFKA__USERNAME"] == detector_env["VIGIL_KAFKA__USERNAME"]
+        assert not {k for k in env if k.startswith("VIGIL_")} - {"VIGIL_KAFKA__USERNAME"}, (
+            "settings come from the detector's ConfigMap, not from overrides"
+        )
+        for setting in ("VIGIL_KAFKA__PASSWORD_FILE", "VIGIL_KAFKA__SSL_CAFILE"):
+            mount, volume = mount_in(pod, c, s[setting])
+            assert (mount, volume) == mount_of(overlay, s[setting]), (c["name"], setting)
+
+
+def test_retrain_writes_the_registry_the_detectors_read(overlay: list[Doc]) -> None:
+    pod = retrain_pod(overlay)["spec"]
+    model_path = settings(overlay)["VIGIL_MODEL__PATH"]
+    detector_mount, detector_volume = mount_of(overlay, model_path)
+    collect, retrain = retrain_steps(overlay)
+    mount, volume = mount_in(pod, retrain, model_path)
+    assert mount["mountPath"] == detector_mount["mountPath"]
+    assert not mount.get("readOnly"), "retrain publishes into the registry"
+    claim = volume["persistentVolumeClaim"]
+    assert claim["claimName"] == detector_volume["persistentVolumeClaim"]["claimName"]
+    assert not claim.get("readOnly")
+    pvc = named(overlay, "PersistentVolumeClaim", claim["claimName"])
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    # collect only reads the live model (features, payload mapping).
+    assert mount_in(pod, collect, model_path)[0].get("readOnly") is True
+
+
+def test_retrain_trains_on_what_collect_wrote(overlay: list[Doc]) -> None:
+    """Both command lines are what vigil-train's parser accepts; the retrain step reads the
+    Parquet file the collect step wrote, on a writable emptyDir they share."""
+    pod = retrain_pod(overlay)["spec"]
+    collect, retrain = retrain_steps(overlay)
+    c, r = cli_args(collect), cli_args(retrain)
+    assert (c.command, r.command) == ("collect", "retrain")
+    assert str(c.out) == str(r.data)
+    assert not r.dry_run, "a dry run never publishes"
+    assert c.config is None and r.config is None, "settings come from the environment"
+    for step, path in ((collect, c.out), (retrain, r.data), (retrain, r.report)):
+        mount, volume = mount_in(pod, step, str(path))
+        assert "emptyDir" in volume, (step["name"], str(path))
+        assert not mount.get("readOnly"), (step["name"], str(path))
+        assert volume["emptyDir"].get("medium") != "Memory", "a week of data: on disk"
+    assert mount_in(pod, collect, str(c.out))[1] == mount_in(pod, retrain, str(r.data))[1]
+
+
+def test_retrain_pod_is_not_taken_for_a_detector(overlay: list[Doc]) -> None:
+    """The detectors' Service, PodDisruptionBudget (a Job's pod under a maxUnavailable
+    budget would block every drain) and spread constraints must not select it."""
+    labels = retrain_pod(overlay)["metadata"]["labels"]
+    deployment = one(overlay, "Deployment")
+    selectors = {
+        "Service": one(overlay, "Service")["spec"]["selector"],
+        "PodDisruptionBudget": one(overlay, "PodDisruptionBudget")["spec"]["selector"][
+            "matchLabels"
+        ],
+        "Deployment": deployment["spec"]["selector"]["matchLabels"],
+    }
+    for constraint in deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]:
+        selectors["spread"] = constraint["labelSelector"]["matchLabels"]
+    for what, selector in selectors.items():
+        assert not selects(selector, labels), what
+    assert labels["app.kubernetes.io/part-of"] == "vigil"

@@ -27,6 +27,9 @@ REQUIRED_ALERTS = {
     "VigilNoBatchesWhileLagging",
     "VigilDecisionLatencyHigh",
     "VigilAnomalyRateSpike",
+    # Drift and retraining: the model no longer describes the stream.
+    "VigilScoreDrift",
+    "VigilAlertRateAboveCalibration",
 }
 
 
@@ -49,19 +52,31 @@ def test_rule_unit_tests_pass(promtool: str) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_rule_unit_tests_can_fail(promtool: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("alert", "threshold", "changed"),
+    [
+        ("VigilDeadLetterRateHigh", "> 0.01", "> 0.10"),
+        ("VigilScoreDrift", "> 0.25\n", "> 0.5\n"),
+        ("VigilAlertRateAboveCalibration", "> 5\n", "> 12\n"),
+    ],
+)
+def test_rule_unit_tests_can_fail(
+    promtool: str, tmp_path: Path, alert: str, threshold: str, changed: str
+) -> None:
     """The unit tests compare rendered alerts exactly: a changed threshold breaks them."""
     suite = yaml.safe_load(RULE_TESTS.read_text())
     suite["tests"] = [
         case
         for case in suite["tests"]
-        if any(t["alertname"] == "VigilDeadLetterRateHigh" for t in case["alert_rule_test"])
+        if any(t["alertname"] == alert for t in case["alert_rule_test"])
     ]
     (tmp_path / RULE_TESTS.name).write_text(yaml.safe_dump(suite))
-    (tmp_path / RULES.name).write_text(RULES.read_text().replace("> 0.01", "> 0.10"))
+    text = RULES.read_text()
+    assert text.count(threshold) == 1, f"{threshold!r} must name {alert}'s threshold alone"
+    (tmp_path / RULES.name).write_text(text.replace(threshold, changed))
     out = promtool_run(promtool, "test", "rules", RULE_TESTS.name, cwd=tmp_path)
     assert out.returncode != 0
-    assert "VigilDeadLetterRateHigh" in out.stdout + out.stderr
+    assert alert in out.stdout + out.stderr
 
 
 def test_every_alert_asked_for_exists_and_is_unit_tested() -> None:
@@ -72,6 +87,10 @@ def test_every_alert_asked_for_exists_and_is_unit_tested() -> None:
         t["alertname"] for case in cases for t in case["alert_rule_test"] if t.get("exp_alerts")
     }
     assert alerts <= fired, f"alerts no unit test makes fire: {sorted(alerts - fired)}"
+    quiet = {
+        t["alertname"] for case in cases for t in case["alert_rule_test"] if not t.get("exp_alerts")
+    }
+    assert alerts <= quiet, f"alerts no unit test keeps quiet: {sorted(alerts - quiet)}"
 
 
 @pytest.mark.parametrize("rule", rules(), ids=lambda r: r.get("alert") or r.get("record"))

@@ -3,10 +3,12 @@ detector takes, and the detector speaks the notify protocol the units rely on.""
 
 from __future__ import annotations
 
+import calendar
 import ctypes
 import itertools
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -18,7 +20,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -30,27 +32,60 @@ UNIT = SYSTEMD / "vigil-detector.service"
 TEMPLATE = SYSTEMD / "vigil-detector@.service"
 GPU_DROPIN = SYSTEMD / "vigil-detector.service.d" / "gpu.conf"
 ENV_EXAMPLE = SYSTEMD / "detector.env.example"
+RETRAIN = SYSTEMD / "vigil-retrain.service"
+RETRAIN_TIMER = SYSTEMD / "vigil-retrain.timer"
+RETRAIN_SYSUSERS = SYSTEMD / "vigil-retrain.sysusers"
 EXEC_START = "/opt/vigil/venv/bin/vigil-detect"
+TRAIN_EXEC = "/opt/vigil/venv/bin/vigil-train"
+REGISTRY = "/var/lib/vigil/models"
+# What the retraining unit may set differently from the detector's, and only that: it is a
+# oneshot that writes the registry, not a notify service that reads it. Every other
+# directive of vigil-detector.service (the sandbox, settings, credential) must be there too.
+RETRAIN_KEYS = {
+    "Description",
+    "StartLimitIntervalSec",
+    "StartLimitBurst",
+    "Type",
+    "NotifyAccess",
+    "ExecStartPre",
+    "ExecStart",
+    "ExecReload",
+    "WatchdogSec",
+    "TimeoutStartSec",
+    "TimeoutStopSec",
+    "KillMode",
+    "Restart",
+    "RestartSec",
+    "RestartPreventExitStatus",
+    "UMask",
+    "ReadOnlyPaths",
+    "SyslogIdentifier",
+    "WantedBy",
+}
 # Where the template may differ from the single unit, and only there.
 INSTANCE_KEYS = {"Description", "EnvironmentFile", "LoadCredential", "SyslogIdentifier"}
 Directives = list[tuple[str, str, str]]
 
 
-def vigil_detect() -> Path:
-    exe = Path(sys.executable).with_name("vigil-detect")
+def vigil_detect(name: str = "vigil-detect") -> Path:
+    exe = Path(sys.executable).with_name(name)
     if not exe.is_file():
         pytest.fail(f"{exe} is missing: install the project (make setup)")
     return exe
 
 
 def render(dest: Path, gpu: bool = False) -> Path:
-    """The units as installed, but with ExecStart at this checkout's vigil-detect:
-    `systemd-analyze verify` insists that the program exists."""
+    """The units as installed, but with ExecStart at this checkout's vigil-detect and
+    vigil-train: `systemd-analyze verify` insists that the programs exist."""
     dest.mkdir(parents=True, exist_ok=True)
     for unit in (UNIT, TEMPLATE):
         text = unit.read_text()
         assert f"ExecStart={EXEC_START} run\n" in text, unit.name
         (dest / unit.name).write_text(text.replace(EXEC_START, str(vigil_detect())))
+    text = RETRAIN.read_text()
+    assert f"ExecStart={TRAIN_EXEC} collect " in text
+    (dest / RETRAIN.name).write_text(text.replace(TRAIN_EXEC, str(vigil_detect("vigil-train"))))
+    shutil.copy(RETRAIN_TIMER, dest / RETRAIN_TIMER.name)
     if gpu:
         shutil.copytree(GPU_DROPIN.parent, dest / GPU_DROPIN.parent.name)
     return dest
@@ -65,7 +100,7 @@ def verify(systemd_analyze: str, unit: Path) -> str:
     said = [
         line
         for line in (out.stdout + out.stderr).splitlines()
-        if str(unit.parent) in line or "vigil-detector" in line
+        if str(unit.parent) in line or "vigil-detector" in line or "vigil-retrain" in line
     ]
     if out.returncode != 0:
         said.append(f"exit status {out.returncode}: {out.stderr.strip()}")
@@ -93,9 +128,9 @@ def values(ds: Directives, key: str) -> list[str]:
 
 
 def seconds(value: str) -> float:
-    m = re.fullmatch(r"(\d+)(s|min)?", value)
+    m = re.fullmatch(r"(\d+)(s|min|h)?", value)
     assert m, f"unexpected time span {value!r}"
-    return int(m.group(1)) * (60 if m.group(2) == "min" else 1)
+    return int(m.group(1)) * {"min": 60, "h": 3600}.get(m.group(2) or "s", 1)
 
 
 @pytest.mark.parametrize(
@@ -104,8 +139,10 @@ def seconds(value: str) -> float:
         ("vigil-detector.service", False),
         ("vigil-detector.service", True),
         ("vigil-detector@plant-a.service", False),
+        ("vigil-retrain.service", False),
+        ("vigil-retrain.timer", False),
     ],
-    ids=["unit", "unit+gpu-dropin", "template-instance"],
+    ids=["unit", "unit+gpu-dropin", "template-instance", "retrain", "retrain-timer"],
 )
 def test_systemd_analyze_verify_accepts(
     systemd_analyze: str, tmp_path: Path, unit: str, gpu: bool
@@ -113,16 +150,31 @@ def test_systemd_analyze_verify_accepts(
     assert verify(systemd_analyze, render(tmp_path, gpu) / unit) == ""
 
 
-def test_verify_reports_a_misspelt_directive(systemd_analyze: str, tmp_path: Path) -> None:
-    unit = render(tmp_path) / UNIT.name
-    unit.write_text(unit.read_text().replace("WatchdogSec=", "WatchdogSecs="))
-    assert "Unknown key" in verify(systemd_analyze, unit)
+@pytest.mark.parametrize(
+    ("unit", "directive"),
+    [
+        (UNIT.name, "WatchdogSec="),
+        (RETRAIN.name, "StateDirectory="),
+        (RETRAIN_TIMER.name, "Persistent="),
+    ],
+    ids=["unit", "retrain", "retrain-timer"],
+)
+def test_verify_reports_a_misspelt_directive(
+    systemd_analyze: str, tmp_path: Path, unit: str, directive: str
+) -> None:
+    path = render(tmp_path) / unit
+    path.write_text(path.read_text().replace(directive, directive.replace("=", "s=")))
+    assert "Unknown key" in verify(systemd_analyze, path)
 
 
 @pytest.mark.parametrize(
     ("unit", "gpu"),
-    [("vigil-detector.service", False), ("vigil-detector.service", True)],
-    ids=["unit", "unit+gpu-dropin"],
+    [
+        ("vigil-detector.service", False),
+        ("vigil-detector.service", True),
+        ("vigil-retrain.service", False),
+    ],
+    ids=["unit", "unit+gpu-dropin", "retrain"],
 )
 def test_exposure_level_is_low(systemd_analyze: str, tmp_path: Path, unit: str, gpu: bool) -> None:
     """systemd's own audit of the sandbox (0 = locked down, 10 = fully exposed)."""
@@ -172,6 +224,144 @@ def test_template_differs_from_the_unit_only_per_instance() -> None:
         assert all("%i" in v for v in values(template, key) if not v.startswith("-")), key
 
 
+def test_retrain_is_a_oneshot_with_the_detectors_sandbox_and_settings() -> None:
+    ds = directives(RETRAIN)
+    expected = {
+        "Type": "oneshot",
+        "DynamicUser": "yes",
+        "ProtectSystem": "strict",
+        "PrivateTmp": "yes",
+        "CapabilityBoundingSet": "",
+        "StateDirectory": "vigil-retrain",
+        # The detectors, other users, must read what it publishes.
+        "UMask": "0022",
+        "ReadWritePaths": REGISTRY,
+    }
+    assert {k: values(ds, k) for k in expected} == {k: [v] for k, v in expected.items()}
+    # A oneshot that failed is retried by the next timer tick, not at once; exit 2 and 3
+    # (bad configuration, candidate refused) would fail again anyway.
+    assert values(ds, "Restart") in ([], ["no"])
+    assert values(ds, "ReadOnlyPaths") == []
+    assert seconds(values(ds, "TimeoutStartSec")[0]) > 0
+    # Every directive of the detector's unit that is not about being a long-running notify
+    # service reading the registry is here, with the same value: sandbox, settings and the
+    # Kafka password credential.
+    detector = {(k, v) for _, k, v in directives(UNIT) if k not in RETRAIN_KEYS}
+    assert detector - {(k, v) for _, k, v in ds} == set()
+    # The detector only reads the registry; this unit writes it.
+    assert f"-{REGISTRY}" in values(directives(UNIT), "ReadOnlyPaths")
+
+
+def retrain_commands() -> list[list[str]]:
+    """The two ExecStart= command lines of the retraining unit, as argv lists."""
+    state = "/var/lib/vigil-retrain"  # %S/vigil-retrain for a system unit
+    out = []
+    for line in values(directives(RETRAIN), "ExecStart"):
+        argv = shlex.split(line.replace("%S/vigil-retrain", state))
+        assert argv[0] == TRAIN_EXEC, line
+        assert all("%" not in a for a in argv), f"unexpected specifier in {line!r}"
+        out.append(argv)
+    return out
+
+
+def test_retrain_collects_then_retrains_on_what_it_collected() -> None:
+    """The command lines are what `vigil-train`'s own argument parser accepts, and the
+    retrain reads the file the collect wrote, both in the unit's state directory."""
+    from trainer.cli import _parser
+
+    collect, retrain = retrain_commands()
+    c = _parser().parse_args(collect[1:])
+    r = _parser().parse_args(retrain[1:])
+    assert (c.command, r.command) == ("collect", "retrain")
+    assert c.out == r.data
+    state = Path("/var/lib") / values(directives(RETRAIN), "StateDirectory")[0]
+    assert c.out.is_relative_to(state) and r.report.is_relative_to(state)
+    assert not r.dry_run, "a dry run never publishes"
+    # Both read the detector's settings from the environment (EnvironmentFile=), not a file.
+    assert c.config is None and r.config is None
+
+
+def calendar_elapses(systemd_analyze: str, spec: str, n: int) -> list[float]:
+    """The next `n` times `spec` elapses, in seconds (UTC, so that no DST shift counts)."""
+    out = subprocess.run(
+        [systemd_analyze, "calendar", f"--iterations={n}", spec],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ | {"TZ": "UTC"},
+    )
+    assert out.returncode == 0, out.stderr
+    stamps = re.findall(r"(?:Next elapse|Iter\. #\d+): \w{3} (\S+ \S+) UTC", out.stdout)
+    assert len(stamps) == n, out.stdout
+    return [calendar.timegm(time.strptime(s, "%Y-%m-%d %H:%M:%S")) for s in stamps]
+
+
+def test_retrain_timer_runs_the_unit_over_the_data_it_collects(systemd_analyze: str) -> None:
+    ts = directives(RETRAIN_TIMER)
+    assert values(ts, "Unit") in ([], [RETRAIN.name])
+    assert values(ts, "Persistent") == ["true"], "a host that was off catches up"
+    delay = values(ts, "RandomizedDelaySec")
+    assert delay and seconds(delay[0]) > 0
+    assert values(ts, "WantedBy") == ["timers.target"]
+    # Each run collects at least the time since the last one: --since covers the period.
+    (spec,) = values(ts, "OnCalendar")
+    first, second = calendar_elapses(systemd_analyze, spec, 2)
+    collect = retrain_commands()[0]
+    since = collect[collect.index("--since") + 1]
+    m = re.fullmatch(r"(\d+)([hdw])", since)
+    assert m, since
+    since_s = int(m.group(1)) * {"h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+    assert since_s >= second - first
+
+
+def test_retrain_user_is_created_by_the_sysusers_file(tmp_path: Path) -> None:
+    """systemd-sysusers, run against a scratch root, makes the static user the unit names
+    (DynamicUser= then uses it): a stable owner for the registry, without a login."""
+    sysusers = shutil.which("systemd-sysusers")
+    if sysusers is None:
+        pytest.fail("systemd-sysusers is missing: run scripts/install-tools (package systemd)")
+    (tmp_path / "etc").mkdir()
+    out = subprocess.run(
+        [sysusers, f"--root={tmp_path}", str(RETRAIN_SYSUSERS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    users = {
+        f[0]: f
+        for f in (line.split(":") for line in (tmp_path / "etc/passwd").read_text().splitlines())
+    }
+    groups = {line.split(":")[0] for line in (tmp_path / "etc/group").read_text().splitlines()}
+    ds = directives(RETRAIN)
+    (user,) = values(ds, "User")
+    (group,) = values(ds, "Group")
+    assert user in users and group in groups
+    assert 0 < int(users[user][2]) < 1000, "a system user"
+    assert users[user][6].endswith("nologin")
+
+
+@pytest.mark.parametrize(
+    ("model_path", "status"),
+    [("registry", 0), ("missing", 2), ("", 2)],
+    ids=["writable", "missing", "unset"],
+)
+def test_retrain_refuses_early_without_a_writable_registry(
+    tmp_path: Path, model_path: str, status: int
+) -> None:
+    """ExecStartPre=, run by a shell as systemd would (with $$ unescaped): exit 2 before
+    any training when the model directory cannot be written."""
+    (line,) = values(directives(RETRAIN), "ExecStartPre")
+    argv = shlex.split(line.replace("$$", "$"))
+    (tmp_path / "registry").mkdir()
+    env = {"PATH": os.environ["PATH"]}
+    if model_path:
+        env["VIGIL_MODEL__PATH"] = str(tmp_path / model_path)
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == status, out.stderr
+    assert ("is not writable" in out.stderr) == (status != 0)
+
+
 def test_exit_status_2_means_bad_configuration(tmp_path: Path) -> None:
     """RestartPreventExitStatus=2 relies on the detector exiting 2 on a bad configuration."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
@@ -213,6 +403,8 @@ def test_env_example_is_a_valid_configuration(bundle_dir: Path, tmp_path: Path) 
     delivery_s = config["kafka"]["delivery_timeout_ms"] / 1000
     assert seconds(values(ds, "WatchdogSec")[0]) > delivery_s
     assert seconds(values(ds, "TimeoutStopSec")[0]) > delivery_s
+    # The retraining unit writes the model directory the detectors read.
+    assert PurePosixPath(env_file(ENV_EXAMPLE)["VIGIL_MODEL__PATH"]).is_relative_to(REGISTRY)
 
 
 # -- the notify protocol, spoken by a real detector against a real broker ------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import shutil
 from pathlib import Path
 
@@ -49,6 +50,11 @@ def test_publish_is_atomic_listed_and_rolled_back(
     assert resolve(model_dir) == model_dir / "29990101T000000Z-00000001"
     assert [e.live for e in list_versions(registry)] == [False, True]
     assert not any(p.name.startswith(".") for p in model_dir.iterdir())  # no temporaries left
+    # Readable by detectors running as another user, as the umask allows: not mkdtemp's 0700.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (model_dir / "29990101T000000Z-00000001").stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (model_dir / "CURRENT").stat().st_mode & 0o777 == 0o666 & ~mask
     assert rollback(model_dir) == first
     assert read_current(model_dir) == first
     with pytest.raises(BundleError, match="no version older"):
