@@ -89,7 +89,7 @@ def cross_fitted_scores(
         val = Windows.build(x, cfg.window, groups, rest[va])
         fold = fit(train, val, replace(cfg, seed=cfg.seed + k + 1), progress)
         held_out = Windows.build(x, cfg.window, groups, idx)
-        scores.append(_scores(fold.model, held_out)[0])
+        scores.append(_scores(fold.model.scoring(cfg.score), held_out)[0])
         log.info("fold %d/%d: %d held-out windows scored", k + 1, cfg.folds, len(held_out))
     return np.concatenate(scores)
 
@@ -111,9 +111,15 @@ def _score_text(cfg: TrainConfig) -> str:
         units = "ZCA-whitened z-scores (Hotelling's T^2 / features, less what the model explains)"
     if cfg.window == 1:
         return f"mean squared reconstruction error over features, in {units}"
+    window = f"(the last {cfg.window} samples of one entity, oldest first)"
+    if cfg.score == "window-mean":
+        return (
+            "mean squared reconstruction error over features and over all samples of each "
+            f"window {window}: score 'window-mean', in {units}"
+        )
     return (
         "mean squared reconstruction error over features of the newest sample of each window "
-        f"(the last {cfg.window} samples of one entity, oldest first), in {units}"
+        f"{window}: score 'newest', in {units}"
     )
 
 
@@ -144,13 +150,14 @@ def build_bundle(data: Dataset, cfg: TrainConfig, out: str | Path, progress: boo
                 f"raise --{part}-fraction or lower --window"
             )
     result: FitResult = fit(train_w, val_w, cfg, progress)
+    model = result.model.scoring(cfg.score)
     if cal_scores is None:
-        cal_scores = _scores(result.model, cal_w)[0]
+        cal_scores = _scores(model, cal_w)[0]
     threshold = calibrate(cal_scores, cfg)
-    val_scores, val_fe = _scores(result.model, val_w)
+    val_scores, val_fe = _scores(model, val_w)
     golden_x = cal_w.take(slice(0, GOLDEN_ROWS))
 
-    graph = export_onnx(result.model, train_w.take(slice(0, 16)))
+    graph = export_onnx(model, train_w.take(slice(0, 16)))
     created = datetime.now(UTC).replace(microsecond=0)
     version = f"{created:%Y%m%dT%H%M%SZ}-{hashlib.sha256(graph).hexdigest()[:8]}"
     essentials = {
@@ -159,12 +166,13 @@ def build_bundle(data: Dataset, cfg: TrainConfig, out: str | Path, progress: boo
         "version": version,
         "window": cfg.window,
         "model_type": cfg.model,
+        "score": cfg.score,
         "features": data.names,
         "threshold": threshold.value,
         "threshold_method": threshold.method,
     }
     model_bytes = with_metadata(graph, {"vigil." + k: json.dumps(v) for k, v in essentials.items()})
-    parity = check_parity(model_bytes, result.model, val_w.take(slice(0, 4096)))
+    parity = check_parity(model_bytes, model, val_w.take(slice(0, 4096)))
 
     manifest = Manifest(
         schema_version=1,

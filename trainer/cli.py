@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from detector.errors import VigilError
-from trainer.config import MODELS, TrainConfig
+from trainer.config import MODELS, SCORES, TrainConfig
 from trainer.retrain import Gate
 
 __all__ = ["main"]
@@ -73,8 +73,16 @@ def _parser() -> argparse.ArgumentParser:
         "--window",
         type=int,
         default=d.window,
-        help="samples per window: the model sees each entity's last W samples and scores the "
-        f"newest (default {d.window}: single rows)",
+        help="samples per window: the model sees each entity's last W samples and scores them "
+        f"as --score says (default {d.window}: single rows)",
+    )
+    f.add_argument(
+        "--score",
+        choices=SCORES,
+        default=d.score,
+        help="windowed models: the newest sample's error, or the mean of the errors of all the "
+        "window's samples (less noise, so weak lasting faults stand out; up to W samples later) "
+        "(default %(default)s)",
     )
     f.add_argument(
         "--entity-column",

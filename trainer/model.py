@@ -11,7 +11,7 @@ import itertools
 import torch
 from torch import nn
 
-from trainer.config import TrainConfig
+from trainer.config import SCORES, ScoreKind, TrainConfig
 
 __all__ = [
     "Autoencoder",
@@ -180,8 +180,11 @@ class ScoringModel(nn.Module):
 
     Input: rows x [N, F], or windows x [N, W, F] (oldest sample first). Outputs: score [N]
     (mean squared error in scaled units), feature_error [N, F], reconstruction [N, F]
-    (expected values, raw units), latent [N, K]. For windows, score, feature_error and
-    reconstruction are those of the newest sample: the one the decision is about.
+    (expected values, raw units), latent [N, K]. For windows, reconstruction is that of
+    the newest sample, the one the decision is about; score and feature_error are the
+    newest sample's (`score` "newest") or their means over the window's samples
+    ("window-mean"). Either way score = feature_error.mean(dim=1), so the detector's
+    per-feature shares explain the score it alarms on.
 
     With `whiten` = (W, W^-1), the scaled units are ZCA-whitened z-scores: a model that
     reconstructs nothing then scores Hotelling's T^2 / F.
@@ -193,15 +196,31 @@ class ScoringModel(nn.Module):
         offset: torch.Tensor,
         scale: torch.Tensor,
         whiten: tuple[torch.Tensor, torch.Tensor] | None = None,
+        score: ScoreKind = "newest",
     ):
         super().__init__()
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         self.autoencoder = autoencoder
+        self.window_mean = score == "window-mean"
         self.register_buffer("offset", offset.detach().clone().float())
         self.register_buffer("scale", scale.detach().clone().float())
         self.whitened = whiten is not None
         if whiten is not None:
             self.register_buffer("whiten", whiten[0].detach().clone().float())
             self.register_buffer("unwhiten", whiten[1].detach().clone().float())
+
+    @property
+    def score(self) -> ScoreKind:
+        return "window-mean" if self.window_mean else "newest"
+
+    def scoring(self, score: ScoreKind) -> ScoringModel:
+        """The same network and scaling, scoring windows as `score` says: the definition
+        only changes how the per-sample errors are reduced, so no refit is needed."""
+        if score == self.score:
+            return self
+        whiten = (self.whiten, self.unwhiten) if self.whitened else None
+        return ScoringModel(self.autoencoder, self.offset, self.scale, whiten, score).eval()
 
     def scale_inputs(self, x: torch.Tensor) -> torch.Tensor:
         z = (x - self.offset) / self.scale
@@ -211,8 +230,9 @@ class ScoringModel(nn.Module):
         z = self.scale_inputs(x)
         r, h = self.autoencoder(z)
         feature_error = (r - z) ** 2
-        if feature_error.dim() == 3:  # windows: the newest sample's error and expectation
-            feature_error, r = feature_error[:, -1], r[:, -1]
+        if feature_error.dim() == 3:  # windows: [N, W, F] -> [N, F]; the newest expectation
+            r = r[:, -1]
+            feature_error = feature_error.mean(dim=1) if self.window_mean else feature_error[:, -1]
         if self.whitened:
             r = r @ self.unwhiten
         return feature_error.mean(dim=1), feature_error, r * self.scale + self.offset, h

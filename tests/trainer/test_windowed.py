@@ -25,6 +25,7 @@ from tests.conftest import FEATURES_SYNTH
 from trainer.build import build_bundle
 from trainer.config import TrainConfig
 from trainer.data import Dataset, Windows, group_codes
+from trainer.model import Autoencoder, ScoringModel, network_for
 from trainer.synth import simulate
 
 W = 5
@@ -154,8 +155,6 @@ def test_each_model_writes_a_windowed_bundle_the_detector_accepts(
 
 
 def test_every_network_maps_windows_to_windows_and_a_code() -> None:
-    from trainer.model import network_for
-
     z = torch.randn(7, W, 6)
     for model in ("dense", "conv", "lstm", "gru"):
         cfg = TrainConfig(model=model, window=W, hidden=(8, 4), latent=3)  # type: ignore[arg-type]
@@ -283,3 +282,127 @@ def test_cli_fit_conv_per_entity_then_score_and_evaluate(
         train(["fit", "--data", str(normal), "--out", str(tmp_path / "c"), "--model", "lstm"]) == 2
     )
     assert "--window 2 or more" in capsys.readouterr().err
+
+
+# -- the score definition: the newest sample's error, or the mean over the window -----------
+
+
+def _scoring_pair(window: int = W) -> tuple[ScoringModel, ScoringModel, torch.Tensor]:
+    torch.manual_seed(0)
+    cfg = TrainConfig(model="conv", window=window, hidden=(8, 4), latent=2)
+    net = network_for(cfg, 6).eval()
+    offset, scale = torch.linspace(-1, 1, 6), torch.linspace(0.5, 2, 6)
+    q, _ = torch.linalg.qr(torch.randn(6, 6))
+    whiten = (q * 0.5, q.T * 2.0)  # any invertible pair: W, W^-1
+    newest = ScoringModel(net, offset, scale, whiten).eval()
+    x = torch.randn(9, window, 6) * 3
+    return newest, newest.scoring("window-mean"), x
+
+
+def test_window_mean_score_is_the_mean_of_the_per_sample_errors() -> None:
+    newest, mean, x = _scoring_pair()
+    assert newest.score == "newest" and mean.score == "window-mean"
+    assert mean.autoencoder is newest.autoencoder  # same network: no refit for a definition
+    with torch.no_grad():
+        z = newest.scale_inputs(x)
+        r, _ = newest.autoencoder(z)
+        per_sample = (r - z) ** 2  # [N, W, F]
+        s_new, fe_new, rec_new, lat_new = newest(x)
+        s_mean, fe_mean, rec_mean, lat_mean = mean(x)
+    assert torch.allclose(fe_new, per_sample[:, -1], atol=1e-6)
+    assert torch.allclose(fe_mean, per_sample.mean(dim=1), atol=1e-6)
+    assert torch.allclose(s_mean, per_sample.mean(dim=(1, 2)), atol=1e-6)
+    # The score is always the mean of feature_error: the detector's shares explain it.
+    for s, fe in ((s_new, fe_new), (s_mean, fe_mean)):
+        assert s.shape == (len(x),) and torch.allclose(s, fe.mean(dim=1), atol=1e-6)
+    # Reconstruction (the newest sample's expectation, raw units) and code do not change.
+    assert torch.equal(rec_new, rec_mean) and torch.equal(lat_new, lat_mean)
+    # The mean of the per-sample scores of every window position, e.g. of W one-step shifts.
+    scores_by_position = per_sample.mean(dim=2)  # [N, W]
+    assert torch.allclose(s_mean, scores_by_position.mean(dim=1), atol=1e-6)
+
+
+def test_rows_score_the_same_under_either_definition() -> None:
+    m = ScoringModel(Autoencoder(6, (8,), 2), torch.zeros(6), torch.ones(6)).eval()
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        a, b = m(x), m.scoring("window-mean")(x)
+    assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+    assert TrainConfig(score="window-mean").resolved(100).score == "newest"  # 1-sample window
+    with pytest.raises(ValueError, match="score must be one of"):
+        m.scoring("median")  # type: ignore[arg-type]
+
+
+def test_window_mean_survives_onnx_export_with_parity() -> None:
+    from trainer.export import check_parity, export_onnx
+
+    newest, mean, x = _scoring_pair()
+    xs = x.numpy()
+    graph = export_onnx(mean, xs)
+    assert check_parity(graph, mean, xs) < 1e-4
+    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    got = dict(zip(["score", "feature_error", "reconstruction", "latent"],
+                   session.run(None, {"x": xs}), strict=True))  # fmt: skip
+    assert got["score"].shape == (len(xs),) and got["feature_error"].shape == (len(xs), 6)
+    assert got["reconstruction"].shape == (len(xs), 6) and got["latent"].shape == (len(xs), 2)
+    with torch.no_grad():
+        z = newest.scale_inputs(x)
+        r, _ = newest.autoencoder(z)
+        want = ((r - z) ** 2).mean(dim=(1, 2)).numpy()
+    assert np.allclose(got["score"], want, rtol=1e-4, atol=1e-6)
+    # A graph of the other definition scores differently: the parity check would catch a
+    # bundle whose definition is not the one its manifest claims.
+    other = ort.InferenceSession(export_onnx(newest, xs), providers=["CPUExecutionProvider"])
+    assert not np.allclose(other.run(["score"], {"x": xs})[0], got["score"])
+
+
+def test_window_mean_bundle_says_so_and_shares_the_newest_bundles_network(
+    tmp_path: Path,
+) -> None:
+    x, ent = _synth(200, seed=2)
+    ds = Dataset(FEATURES_SYNTH, x, [], 0, entity_keys(ent))
+    bundles = {}
+    for score in ("window-mean", "newest"):
+        cfg = TrainConfig(
+            model="dense",
+            window=W,
+            entity_column="entity",
+            hidden=(16,),
+            epochs=3,
+            folds=3,
+            score=score,  # type: ignore[arg-type]
+            device="cpu",
+        )
+        bundles[score] = build_bundle(ds, cfg, tmp_path / score, progress=False)
+    m = bundles["window-mean"].manifest
+    assert "window-mean" in m.score and "all samples of each window" in m.score
+    assert "newest sample" in bundles["newest"].manifest.score
+    assert m.training.config["score"] == "window-mean"
+    assert m.validation["onnx_parity_max_error"] < 1e-4
+    session = ort.InferenceSession(
+        bundles["window-mean"].model_bytes, providers=["CPUExecutionProvider"]
+    )
+    assert json.loads(session.get_modelmeta().custom_metadata_map["vigil.score"]) == "window-mean"
+    # Training does not depend on the definition: same weights, so the same expectation and
+    # code, and only the score and feature errors differ. The detector's Scorer (golden
+    # self-test included) reads the same outputs of either graph.
+    xw, _ = table_windows(*_synth(30, seed=6), W)
+    mean, newest = (Scorer(bundles[k], provider="cpu").score(xw, latent=True) for k in bundles)
+    assert np.allclose(mean.reconstruction, newest.reconstruction, rtol=1e-5, atol=1e-5)
+    assert mean.latent is not None and newest.latent is not None
+    assert np.allclose(mean.latent, newest.latent, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(mean.score, newest.score)
+    for s in (mean, newest):
+        assert np.allclose(s.score, s.feature_error.mean(axis=1), rtol=1e-5, atol=1e-7)
+    # Averaging W errors: less spread than the newest sample's error alone.
+    assert mean.score.std() < newest.score.std()
+
+
+def test_cli_takes_the_score_definition() -> None:
+    from trainer.cli import _config, _parser
+
+    args = ["fit", "--data", "x.csv", "--out", "b", "--window", "5", "--score", "window-mean"]
+    assert _config(_parser().parse_args(args)).score == "window-mean"
+    assert _config(_parser().parse_args(args[:-2])).score == TrainConfig().score
+    with pytest.raises(SystemExit):
+        _parser().parse_args([*args[:-1], "last"])
