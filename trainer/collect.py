@@ -147,6 +147,7 @@ def _consumer(settings: Settings) -> KafkaConsumer:
         **client_config(settings.kafka),
         group_id=None,  # never the detectors' group; nothing is committed
         enable_auto_commit=False,
+        auto_offset_reset="earliest",  # a range partly gone to retention: read what is left
         max_poll_records=5000,
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
@@ -196,18 +197,15 @@ def _read(
 
     with tqdm(total=total, unit="msg", disable=not progress, desc="collect") as bar:
         while todo:
-            polled = c.poll(timeout_ms=1000)
-            for tp, records in polled.items():
-                if tp not in todo:
-                    continue
-                stop = todo[tp][1]
-                inside = [r for r in records if r.offset < stop]
+            for tp, records in c.poll(timeout_ms=1000).items():
+                inside = [r for r in records if tp in todo and r.offset < todo[tp][1]]
                 if inside:
                     bar.update(len(inside))
                     yield inside
-                if inside != records or c.position(tp) >= stop:
-                    todo.pop(tp)
-                    c.pause(tp)
+            # Also partitions that returned nothing: retention may have moved them past `stop`.
+            for tp in [tp for tp, (_, stop) in todo.items() if c.position(tp) >= stop]:
+                todo.pop(tp)
+                c.pause(tp)
 
 
 def _events(settings: Settings, since_ms: int, margin_ms: int) -> list[dict]:
