@@ -109,6 +109,25 @@ def _score_text(cfg: TrainConfig) -> str:
     units = "min-max scaled units" if cfg.loss == "bce" else "standardised units (z-scores)"
     if cfg.scaling == "whiten":
         units = "ZCA-whitened z-scores (Hotelling's T^2 / features, less what the model explains)"
+    if cfg.lags > 1:
+        vectors = (
+            f"the z-scores of each {cfg.lags} consecutive samples stacked ({cfg.lags} x features "
+            "values) and ZCA-whitened together, with their covariance across lags (lagged "
+            f"Hotelling's T^2 / ({cfg.lags} x features), less what the model explains)"
+        )
+        window = f"the last {cfg.window} samples of one entity, oldest first"
+        if cfg.score == "window-mean":
+            return (
+                "mean squared reconstruction error over the values of every lag vector of each "
+                f"window ({window}: {cfg.positions} vectors) and over those vectors: score "
+                f"'window-mean', lags {cfg.lags}, in {vectors}. feature_error: each feature's "
+                "share, its lags' errors averaged"
+            )
+        return (
+            "mean squared reconstruction error over the values of the newest lag vector of "
+            f"each window ({window}): score 'newest', lags {cfg.lags}, in {vectors}. "
+            "feature_error: each feature's share, its lags' errors averaged"
+        )
     if cfg.window == 1:
         return f"mean squared reconstruction error over features, in {units}"
     window = f"(the last {cfg.window} samples of one entity, oldest first)"
@@ -167,6 +186,7 @@ def build_bundle(data: Dataset, cfg: TrainConfig, out: str | Path, progress: boo
         "window": cfg.window,
         "model_type": cfg.model,
         "score": cfg.score,
+        "lags": cfg.lags,
         "features": data.names,
         "threshold": threshold.value,
         "threshold_method": threshold.method,

@@ -120,6 +120,16 @@ def _parser() -> argparse.ArgumentParser:
         "whiten with --loss mse)",
     )
     f.add_argument(
+        "--lags",
+        type=int,
+        default=d.lags,
+        metavar="L",
+        help="windowed models with whitening: stack each L consecutive samples and whiten them "
+        "together, with their covariance across lags, so that broken dynamics count like "
+        "broken correlations; the score approaches the lagged (dynamic PCA) Hotelling T^2. "
+        "Needs --window L or more (default %(default)s: each sample whitened on its own)",
+    )
+    f.add_argument(
         "--whiten-floor",
         type=float,
         default=d.whiten_floor,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,11 +17,20 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from detector.windows import gather
 from trainer.config import TrainConfig
 from trainer.data import Windows
-from trainer.model import ScoringModel, network_for
+from trainer.model import ScoringModel, network_for, stack_lags
 
-__all__ = ["FitResult", "as_windows", "fit", "pick_device", "scaling_for", "whitening_for"]
+__all__ = [
+    "FitResult",
+    "as_windows",
+    "fit",
+    "lag_vectors",
+    "pick_device",
+    "scaling_for",
+    "whitening_for",
+]
 
 
 @dataclass
@@ -65,6 +75,16 @@ def whitening_for(z: np.ndarray, floor: float) -> tuple[torch.Tensor, torch.Tens
     return torch.tensor(w, dtype=torch.float32), torch.tensor(w_inv, dtype=torch.float32)
 
 
+def lag_vectors(w: Windows, lags: int) -> np.ndarray:
+    """[M, L F]: every stretch of L consecutive rows inside the windows of `w`, once each,
+    stacked oldest first as `stack_lags` does. Only stretches that some window holds, so
+    none joins two entities or two segments."""
+    if len(w) == 0:
+        return np.empty((0, lags * w.n_features), dtype=w.rows.dtype)
+    ends = np.unique(np.concatenate([w.ends - k for k in range(w.window - lags + 1)]))
+    return gather(w.rows, ends, lags).reshape(len(ends), -1)
+
+
 def as_windows(x: np.ndarray | Windows, window: int) -> Windows:
     """Rows in time order of one entity, or windows built already."""
     return x if isinstance(x, Windows) else Windows.build(x, window)
@@ -104,12 +124,16 @@ def _reconstruction_loss(r: torch.Tensor, target: torch.Tensor, kind: str) -> to
 
 @torch.no_grad()
 def _evaluate(
-    ae: torch.nn.Module, z: Windows, kind: str, device: torch.device, batch: int = 65536
+    ae: torch.nn.Module,
+    z: Windows,
+    kind: str,
+    inputs: Callable[[np.ndarray], torch.Tensor],
+    batch: int = 65536,
 ) -> float:
     ae.eval()
     total = 0.0
     for zb in z.batches(batch):
-        t = torch.from_numpy(zb).to(device)
+        t = inputs(zb)
         r, _ = ae(t)
         total += _reconstruction_loss(r, t, kind).item() * len(r)
     return total / max(1, len(z))
@@ -150,11 +174,25 @@ def fit(
     ae.to(device)
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     off, sc = offset.numpy(), scale.numpy()
-    whiten = whitening_for((normal - off) / sc, cfg.whiten_floor) if whitened else None
-    w = None if whiten is None else whiten[0].numpy()
+    lagged = cfg.lags > 1
+    whiten = None
+    if whitened and lagged:  # the covariance of L-sample stretches: lag cross-covariances too
+        stacked = np.concatenate([lag_vectors(part, cfg.lags) for part in (train, val)])
+        tiled_off, tiled_sc = np.tile(off, cfg.lags), np.tile(sc, cfg.lags)
+        whiten = whitening_for((stacked - tiled_off) / tiled_sc, cfg.whiten_floor)
+    elif whitened:
+        whiten = whitening_for((normal - off) / sc, cfg.whiten_floor)
+    # Rows are whitened once up front; lag vectors exist only per window, so with lags the
+    # rows keep their z-scores and each mini-batch is stacked and whitened when it is taken.
+    w = None if whiten is None or lagged else whiten[0].numpy()
+    w_lag = whiten[0].to(device) if whiten is not None and lagged else None
 
     def scaled(x: np.ndarray) -> np.ndarray:
         return (x - off) / sc if w is None else ((x - off) / sc) @ w
+
+    def inputs(zb: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(zb).to(device)
+        return t if w_lag is None else stack_lags(t, cfg.lags) @ w_lag
 
     z_train, z_val = train.map_rows(scaled), val.map_rows(scaled)
     dev_gen = generator if device.type == "cpu" else torch.Generator(device).manual_seed(cfg.seed)
@@ -171,14 +209,14 @@ def fit(
         order = torch.randperm(len(z_train), generator=generator).numpy()
         running = 0.0
         for i in range(0, len(order), cfg.batch_size):
-            zb = torch.from_numpy(z_train.take(order[i : i + cfg.batch_size])).to(device)
+            zb = inputs(z_train.take(order[i : i + cfg.batch_size]))
             loss = _penalised_loss(ae, zb, cfg, dev_gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             running += loss.item() * len(zb)
         train_hist.append(running / len(order))
-        val_hist.append(_evaluate(ae, z_val, cfg.loss, device) if len(z_val) else train_hist[-1])
+        val_hist.append(_evaluate(ae, z_val, cfg.loss, inputs) if len(z_val) else train_hist[-1])
         if val_hist[-1] < best - 1e-7:
             best, best_epoch, stale = val_hist[-1], epoch, 0
             best_state = copy.deepcopy(ae.state_dict())
@@ -188,7 +226,7 @@ def fit(
         if stale >= cfg.patience:
             break
     ae.load_state_dict(best_state)
-    model = ScoringModel(ae.cpu(), offset, scale, whiten).eval()
+    model = ScoringModel(ae.cpu(), offset, scale, whiten, lags=cfg.lags).eval()
     return FitResult(
         model, train_hist, val_hist, best_epoch, str(device), time.perf_counter() - start
     )

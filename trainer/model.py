@@ -1,7 +1,8 @@
 """The networks, and the scoring head that is exported to ONNX. Nothing else.
 
 Every network maps scaled inputs to (reconstruction, latent code): the dense autoencoder
-maps rows [N, F]; the windowed ones map windows [N, W, F] of one entity's last W samples.
+maps rows [N, F]; the windowed ones map windows [N, W, F] of one entity's last W samples,
+or with lag whitening (`lags` L > 1) the window's W - L + 1 lag vectors [N, W - L + 1, L F].
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = [
     "RecurrentAutoencoder",
     "ScoringModel",
     "network_for",
+    "stack_lags",
 ]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -160,19 +162,26 @@ class RecurrentAutoencoder(nn.Module):
 
 
 def network_for(cfg: TrainConfig, n_features: int) -> nn.Module:
-    """The network that `cfg` describes, for `n_features` input features."""
+    """The network that `cfg` describes, for `n_features` input features. With lags L, it
+    sees a sequence of W - L + 1 lag vectors of L x n_features values each."""
     latent, sigmoid = cfg.latent_for(n_features), cfg.loss == "bce"
+    inputs, steps = n_features * cfg.lags, cfg.positions
     if cfg.model == "dense" and cfg.window == 1:
         return Autoencoder(n_features, cfg.hidden, latent, cfg.activation, sigmoid)
     if cfg.model == "dense":
-        return FlatWindowAutoencoder(
-            n_features, cfg.window, cfg.hidden, latent, cfg.activation, sigmoid
-        )
+        return FlatWindowAutoencoder(inputs, steps, cfg.hidden, latent, cfg.activation, sigmoid)
     if cfg.model == "conv":
         return ConvAutoencoder(
-            n_features, cfg.window, cfg.hidden, latent, cfg.kernel_size, cfg.activation, sigmoid
+            inputs, steps, cfg.hidden, latent, cfg.kernel_size, cfg.activation, sigmoid
         )
-    return RecurrentAutoencoder(n_features, cfg.window, cfg.hidden, latent, cfg.model, sigmoid)
+    return RecurrentAutoencoder(inputs, steps, cfg.hidden, latent, cfg.model, sigmoid)
+
+
+def stack_lags(z: torch.Tensor, lags: int) -> torch.Tensor:
+    """Windows [N, W, F] -> lag vectors [N, W - L + 1, L F]: position p holds samples
+    p .. p + L - 1 (oldest first), so the last F values of a vector are its newest sample."""
+    positions = z.shape[1] - lags + 1
+    return torch.cat([z[:, i : i + positions] for i in range(lags)], dim=2)
 
 
 class ScoringModel(nn.Module):
@@ -188,6 +197,17 @@ class ScoringModel(nn.Module):
 
     With `whiten` = (W, W^-1), the scaled units are ZCA-whitened z-scores: a model that
     reconstructs nothing then scores Hotelling's T^2 / F.
+
+    With `lags` L > 1 (windows only, whitened), the z-scores of each L consecutive samples
+    of the window are stacked into one vector of L F values (`stack_lags`), and `whiten`,
+    of size L F, whitens those vectors with their covariance across lags: the network sees
+    the W - L + 1 lag vectors and a model that reconstructs nothing scores the lagged
+    Hotelling T^2 / (L F) of the newest vector ("newest") or its mean over the window's
+    vectors ("window-mean"). ZCA keeps each whitened coordinate tied to one (lag, feature),
+    so feature_error[f] is the squared error of feature f's L coordinates averaged over the
+    lags (and over the positions for "window-mean"): the shares name the features whose
+    values or dynamics broke, and score = feature_error.mean(dim=1) still holds.
+    Reconstruction is the newest sample's, from the newest lag vector's expectation.
     """
 
     def __init__(
@@ -197,16 +217,25 @@ class ScoringModel(nn.Module):
         scale: torch.Tensor,
         whiten: tuple[torch.Tensor, torch.Tensor] | None = None,
         score: ScoreKind = "newest",
+        lags: int = 1,
     ):
         super().__init__()
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        if lags < 1 or (lags > 1 and whiten is None):
+            raise ValueError(f"lags must be 1, or more with whitening; got {lags}")
         self.autoencoder = autoencoder
         self.window_mean = score == "window-mean"
+        self.lags = lags
         self.register_buffer("offset", offset.detach().clone().float())
         self.register_buffer("scale", scale.detach().clone().float())
         self.whitened = whiten is not None
         if whiten is not None:
+            if whiten[0].shape[0] != lags * offset.shape[0]:
+                raise ValueError(
+                    f"whitening of size {whiten[0].shape[0]} does not fit {lags} lags of "
+                    f"{offset.shape[0]} features"
+                )
             self.register_buffer("whiten", whiten[0].detach().clone().float())
             self.register_buffer("unwhiten", whiten[1].detach().clone().float())
 
@@ -220,10 +249,15 @@ class ScoringModel(nn.Module):
         if score == self.score:
             return self
         whiten = (self.whiten, self.unwhiten) if self.whitened else None
-        return ScoringModel(self.autoencoder, self.offset, self.scale, whiten, score).eval()
+        model = ScoringModel(self.autoencoder, self.offset, self.scale, whiten, score, self.lags)
+        return model.eval()
 
     def scale_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """What the network sees: (whitened) z-scores of rows or windows, or with lags the
+        whitened lag vectors [N, W - L + 1, L F]."""
         z = (x - self.offset) / self.scale
+        if self.lags > 1:
+            z = stack_lags(z, self.lags)
         return z @ self.whiten if self.whitened else z
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -235,4 +269,8 @@ class ScoringModel(nn.Module):
             feature_error = feature_error.mean(dim=1) if self.window_mean else feature_error[:, -1]
         if self.whitened:
             r = r @ self.unwhiten
+        if self.lags > 1:  # [N, L F] -> [N, F]: each feature's lags, and the newest sample
+            n_features = self.offset.shape[0]
+            feature_error = feature_error.unflatten(1, (self.lags, n_features)).mean(dim=1)
+            r = r[:, -n_features:]
         return feature_error.mean(dim=1), feature_error, r * self.scale + self.offset, h

@@ -31,12 +31,25 @@ pytestmark = pytest.mark.kafka
 WINDOW = 5
 
 
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"model": "conv"},
+        # the setting recommended for sensor telemetry: lag-whitened, window-mean score
+        {"model": "dense", "lags": 3, "score": "window-mean"},
+    ],
+    ids=["conv-newest", "dense-lags-window-mean"],
+)
 def test_daemon_and_offline_scorer_agree_on_windows(
-    kafka_bootstrap: str, make_topic, synth_data: dict[str, Path], tmp_path: Path
+    variant: dict,
+    kafka_bootstrap: str,
+    make_topic,
+    synth_data: dict[str, Path],
+    tmp_path: Path,
 ) -> None:
     ds = data.load([str(synth_data["normal"])], features=FEATURES_SYNTH, entity_column="entity")
     cfg = TrainConfig(
-        model="conv", window=WINDOW, entity_column="entity", epochs=6, folds=0, name="win"
+        window=WINDOW, entity_column="entity", epochs=6, folds=0, name="win", **variant
     )
     bundle = build_bundle(ds, cfg, tmp_path / "win", progress=False)
     assert bundle.manifest.window == WINDOW
@@ -69,14 +82,16 @@ def test_daemon_and_offline_scorer_agree_on_windows(
         kafka_bootstrap,
         bundle.path,
         topic,
-        "g-win",
+        f"g-{topic}",
         topics__scores=f"{topic}.scores",
         payload__time_from="field",
         payload__time_field="ts",
     )
     try:
         d.wait_ready()
-        wait_for(lambda: committed_all(kafka_bootstrap, "g-win", topic), 90, "offsets committed")
+        wait_for(
+            lambda: committed_all(kafka_bootstrap, f"g-{topic}", topic), 90, "offsets committed"
+        )
         assert d.metric("vigil_warmup_samples_total") == warm.sum()
         assert d.metric("vigil_late_samples_total") == 0
         assert d.metric("vigil_entities_tracked") == 4
