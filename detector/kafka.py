@@ -95,6 +95,19 @@ def refusal(k: KafkaSettings) -> ConfigError | None:
     return None
 
 
+def _snapshot_subscribed_metadata(consumer: KafkaConsumer) -> None:
+    """kafka-python takes the group's metadata snapshot before the subscription exists and
+    renews it only with the next metadata response: the first join then assigns from an
+    empty snapshot, and that response forces a second rebalance at once (one that
+    kafka-python sometimes never finishes). The topics' partitions are known by now: take
+    the snapshot again before the first join."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    try:
+        coordinator._handle_metadata_update(coordinator._cluster)  # type: ignore[union-attr]
+    except Exception as e:  # private API: without it we only lose the early snapshot
+        log.debug("could not renew the group metadata snapshot: %s", e)
+
+
 def last_offsets(records: list[ConsumerRecord]) -> dict[TopicPartition, int]:
     """The highest offset of each partition in a batch: computed once, used to commit and
     to measure lag."""
@@ -178,6 +191,8 @@ class KafkaSource:
             if missing:
                 log.warning("input topic(s) %s not found yet; subscribing anyway", missing)
             consumer.subscribe(topics=t.input, listener=self.rebalance)
+            if not missing:
+                _snapshot_subscribed_metadata(consumer)
         self.consumer = consumer
         return self
 
