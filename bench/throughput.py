@@ -164,14 +164,18 @@ def latency(
     seconds: float,
     workdir: Path,
     warmup_s: float = 5.0,
+    linger_ms: int = 0,
+    **detector_env: str,
 ) -> dict[str, float]:
     """Offer `rate` msg/s; the histogram of the measured period only (after a warm-up that
     covers the group join), as the difference of two scrapes."""
     group = f"vigil-lat-{time.time()}"
-    d = start_detector(workdir, bootstrap, model, topic, group, kafka__auto_offset_reset="latest")
+    d = start_detector(
+        workdir, bootstrap, model, topic, group, kafka__auto_offset_reset="latest", **detector_env
+    )
     try:
         d.wait_ready()
-        p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+        p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms)
         rows = telemetry(10_000, seed=2, anomalous=0.02)
         before: list[tuple[float, float]] = []
         i = 0
@@ -283,6 +287,13 @@ def main() -> int:
     ap.add_argument(
         "--latency-only", action="store_true", help="measure latency only; print, write nothing"
     )
+    ap.add_argument("--producer-linger-ms", type=int, default=0, help="the load's producer")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="with --latency-only: detector setting, e.g. batch__max_wait_ms=5",
+    )
     a = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="vigil-bench-"))
     port = free_port()
@@ -312,8 +323,16 @@ def main() -> int:
         )
         admin.close()
         if a.latency_only:
+            env = dict(kv.split("=", 1) for kv in a.set)
             lat = latency(
-                bootstrap, "latency", model, names, a.latency_rate, a.latency_seconds, workdir
+                bootstrap,
+                "latency",
+                model,
+                names,
+                a.latency_rate,
+                a.latency_seconds,
+                workdir,
+                **env,
             )
             print(json.dumps(lat, indent=2))
             return 0
