@@ -4,7 +4,6 @@ and ZCA-whitened together inside the graph; the score generalises the lagged Hot
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +27,7 @@ W, L, F = 6, 3, 4
 P = W - L + 1  # lag vectors per window
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ar_rows(n: int = 400, seed: int = 0) -> np.ndarray:
