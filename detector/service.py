@@ -183,7 +183,7 @@ class Detector:
         started = time.perf_counter()
         values = [r.value for r in batch]
         decoded = decode_batch(values, self.mapping)
-        event_ms = self._event_times(batch, decoded)
+        event_ms = event_times(decoded, [r.timestamp for r in batch])
         inputs, decoded, event_ms = self._windows(batch, decoded, event_ms)
         t0 = time.perf_counter()
         scores = self.scorer.score(inputs)
@@ -272,12 +272,6 @@ class Detector:
         self.metrics.shadow_scores.observe_many(s)
         self.metrics.recent.observe_many("shadow", s)
 
-    def _event_times(self, batch: list[ConsumerRecord], decoded: Decoded) -> np.ndarray:
-        return event_times(decoded, [r.timestamp for r in batch])
-
-    def _key(self, record: ConsumerRecord, decoded: Decoded, j: int) -> str | None:
-        return entity_key(decoded, j, record.key)
-
     def _outgoing(
         self,
         batch: list[ConsumerRecord],
@@ -303,7 +297,7 @@ class Detector:
         for tr in transitions:
             j = tr.row
             r = batch[decoded.index[j]]
-            key = self._key(r, decoded, j)
+            key = entity_key(decoded, j, r.key)
             event = make_event(
                 src=Source.of(r),
                 key=key,
@@ -346,7 +340,7 @@ class Detector:
         if t.scores:
             for j in range(len(decoded.index)):
                 r = batch[decoded.index[j]]
-                key = self._key(r, decoded, j)
+                key = entity_key(decoded, j, r.key)
                 value = make_score_record(
                     src=Source.of(r),
                     key=key,

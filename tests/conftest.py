@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import uuid
@@ -16,6 +18,15 @@ from trainer.synth import CHANNELS
 ROOT = Path(__file__).resolve().parents[1]
 TEP_DIR = Path(os.environ.get("VIGIL_TEP_DIR", ROOT.parent / "shared" / "data" / "tep"))
 FEATURES_SYNTH = list(CHANNELS)  # the synthetic plant's channels, in order
+
+
+def copy_as_version(src: Path, dst: Path, version: str) -> Path:
+    """A copy of a bundle under another version name (a stand-in for a retrained model)."""
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    m["version"] = version
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
 
 
 def free_port() -> int:

@@ -108,15 +108,18 @@ class Episodes:
     def inside(self, keys: list[str | None], times_ms: np.ndarray) -> np.ndarray:
         """[M] bool: whether each (entity, time) falls inside one of its entity's spans."""
         hit = np.zeros(len(keys), dtype=bool)
-        key_arr = np.array(keys, dtype=object)
-        for key, spans in self.spans.items():
-            rows = np.flatnonzero(key_arr == key)
-            if not rows.size:
+        rows_of: dict[str | None, list[int]] = defaultdict(list)
+        for j, key in enumerate(keys):  # the batch's entities, not every entity that alarmed
+            rows_of[key].append(j)
+        for key, rows in rows_of.items():
+            spans = self.spans.get(key)
+            if not spans:
                 continue
             starts = np.array([a for a, _ in spans])
             ends = np.array([b for _, b in spans])
-            i = np.searchsorted(starts, times_ms[rows], side="right") - 1
-            hit[rows] = (i >= 0) & (times_ms[rows] <= ends[np.maximum(i, 0)])
+            t = times_ms[rows]
+            i = np.searchsorted(starts, t, side="right") - 1
+            hit[rows] = (i >= 0) & (t <= ends[np.maximum(i, 0)])
         return hit
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +16,11 @@ from detector.errors import BundleError
 from detector.registry import list_versions, publish, read_current, resolve, rollback, set_current
 from detector.reload import ModelWatcher, check_compatible
 from detector.scorer import Scorer
-from tests.conftest import FEATURES_SYNTH
+from tests.conftest import FEATURES_SYNTH, copy_as_version
 
 
 def _retrained(src: Path, tmp: Path, version: str) -> Path:
-    """A copy of a bundle under another version name (a stand-in for a retrained model)."""
-    import json
-
-    out = tmp / version
-    shutil.copytree(src, out)
-    m = json.loads((out / "manifest.json").read_text())
-    m["version"] = version
-    (out / "manifest.json").write_text(json.dumps(m))
-    return out
+    return copy_as_version(src, tmp / version, version)
 
 
 @pytest.fixture
@@ -94,13 +85,10 @@ def test_watcher_swaps_good_versions_and_refuses_bad_ones_once(
     assert swapped is not None and swapped.bundle.manifest.version == good.name
     assert results == [("ok", good.name)]
 
-    broken = shutil.copytree(good, model_dir / "29990101T000000Z-0000000b")
+    broken = copy_as_version(
+        good, model_dir / "29990101T000000Z-0000000b", "29990101T000000Z-0000000b"
+    )
     (broken / "model.onnx").write_bytes(b"\x00" * 10)
-    import json
-
-    m = json.loads((broken / "manifest.json").read_text())
-    m["version"] = broken.name
-    (broken / "manifest.json").write_text(json.dumps(m))
     set_current(model_dir, broken.name)
     w.poll_once()
     w.poll_once()  # refused versions are not retried in a loop

@@ -3,8 +3,6 @@ exactly once, versions change at batch boundaries, bad versions never decide."""
 
 from __future__ import annotations
 
-import json
-import shutil
 import signal
 import threading
 import time
@@ -17,7 +15,7 @@ import pytest
 from kafka import KafkaProducer
 
 from detector.registry import publish, read_current, set_current
-from tests.conftest import FEATURES_SYNTH
+from tests.conftest import FEATURES_SYNTH, copy_as_version
 from tests.integration.kafka_helpers import committed_all, read_all, start_detector, wait_for
 from trainer import data
 from trainer.build import build_bundle
@@ -36,11 +34,7 @@ def _bundle(normal_csv: Path, out: Path, seed: int, features: list[str] | None =
 
 
 def _broken_copy(src: Path, model_dir: Path, version: str) -> None:
-    dst = model_dir / version
-    shutil.copytree(src, dst)
-    m = json.loads((dst / "manifest.json").read_text())
-    m["version"] = version
-    (dst / "manifest.json").write_text(json.dumps(m))
+    dst = copy_as_version(src, model_dir / version, version)
     (dst / "model.onnx").write_bytes((dst / "model.onnx").read_bytes()[:200])  # truncated
 
 
