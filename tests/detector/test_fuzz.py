@@ -28,8 +28,18 @@ json_values = st.recursive(
     max_leaves=20,
 )
 documents = st.one_of(
-    st.dictionaries(st.sampled_from([*FEATURES, "x", "ü", "a\x00"]), json_values, max_size=6),
+    st.dictionaries(st.sampled_from([*FEATURES, "x", "ts", "ü", "a\x00"]), json_values, max_size=6),
     st.fixed_dictionaries({f: st.floats(width=64) | st.integers() for f in FEATURES}),
+    st.fixed_dictionaries(  # well formed for the mapping with a key and a time field
+        {f: st.floats(width=32) | st.integers(-100, 100) for f in FEATURES},
+        optional={
+            "x": st.text(max_size=5) | st.integers() | st.booleans(),
+            "ts": st.integers(0, 2**42)
+            | st.floats(0, 2e12)
+            | st.sampled_from([5e10, 1e11, 100_000_000_001, 1.7e12])  # seconds or ms
+            | st.sampled_from(["2026-01-01T00:00:00Z", "2026-01-01 10:00", "soon"]),
+        },
+    ),
     json_values,
 )
 
@@ -54,7 +64,7 @@ mappings = st.sampled_from(
         Mapping(features=FEATURES, max_bytes=150),
         Mapping(features=FEATURES, features_at="array"),
         Mapping(features=FEATURES, features_at="field", features_field="a"),
-        Mapping(features=FEATURES, key_field="x", time_field="b"),
+        Mapping(features=FEATURES, key_field="x", time_field="ts"),
     ]
 )
 
@@ -71,6 +81,29 @@ def test_decoder_never_raises_and_accounts_for_every_message(
     assert all(r.reason in REASONS and r.detail for r in d.rejects)
     if d.keys is not None:
         assert len(d.keys) == len(d.index)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(messages, max_size=20), mappings)
+def test_a_message_gets_the_same_verdict_alone_or_in_any_batch(
+    values: list[bytes | None], m: Mapping
+) -> None:
+    """The batch fast path and the message-by-message path never disagree."""
+    batch = decode_batch(values, m)
+    alone = [decode_batch([v], m) for v in values]
+    assert [(r.index, r.reason, r.detail) for r in batch.rejects] == [
+        (i, r.reason, r.detail) for i, d in enumerate(alone) for r in d.rejects
+    ]
+    kept = [d for d in alone if len(d.index)]
+    np.testing.assert_array_equal(
+        batch.x, np.concatenate([d.x for d in kept]) if kept else batch.x[:0]
+    )
+    if batch.keys is not None:
+        assert batch.keys == [k for d in kept for k in d.keys or []]
+    if batch.times_ms is not None:
+        np.testing.assert_array_equal(
+            batch.times_ms, np.concatenate([d.times_ms for d in kept]) if kept else []
+        )
 
 
 @settings(max_examples=200, deadline=None)
