@@ -22,6 +22,7 @@ from detector.settings import KafkaSettings, Settings
 
 __all__ = [
     "ConsumerRecord",
+    "Delivery",
     "KafkaSink",
     "KafkaSource",
     "TopicPartition",
@@ -234,7 +235,10 @@ class KafkaSource:
     def lag(self, last: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         assert self.consumer is not None
         out = {}
+        owned = self.consumer.assignment()
         for tp, off in last.items():
+            if tp not in owned:  # revoked since the batch was polled
+                continue
             hw = self.consumer.highwater(tp)
             if hw is not None:
                 out[tp] = max(0, hw - off - 1)
@@ -287,8 +291,27 @@ class KafkaSource:
             self.consumer = None
 
 
+class Delivery:
+    """One batch's records on their way to the broker; `KafkaSink.wait` awaits them."""
+
+    def __init__(self, records: list[Outgoing]):
+        self.records = records
+        self.futures: list[Any] = []
+        self.acked_at = time.time()  # when the last acknowledgement came (now if none due)
+        self.error: KafkaError | None = None  # a send that failed before reaching a future
+
+    def _acked(self, _: object) -> None:  # on the producer's IO thread
+        self.acked_at = time.time()
+
+    def done(self) -> bool:
+        return self.error is not None or all(f.is_done for f in self.futures)
+
+
 class KafkaSink:
-    """Sends a batch's records and waits until the broker acknowledged all of them."""
+    """Sends a batch's records without waiting; `wait` returns once all are acknowledged.
+
+    The loop sends one batch, then polls, decodes and scores the next while the broker
+    acknowledges it: the round trip overlaps the work instead of adding to it."""
 
     def __init__(self, settings: Settings):
         self.settings = settings.kafka
@@ -308,10 +331,21 @@ class KafkaSink:
             retries=2**31 - 1,
         )
 
-    def deliver(self, records: list[Outgoing]) -> None:
-        """Raise PublishError unless every record is acknowledged."""
+    def send(self, records: list[Outgoing]) -> Delivery:
+        d = Delivery(records)
         try:
-            self._send_all(records)
+            for r in records:
+                f = self.producer.send(r.topic, value=r.value, key=r.key, headers=r.headers)
+                f.add_callback(d._acked)
+                d.futures.append(f)
+        except KafkaError as e:
+            d.error = e
+        return d
+
+    def wait(self, d: Delivery) -> None:
+        """Raise PublishError unless every record of `d` is acknowledged."""
+        try:
+            self._wait(d)
         except PublishError:
             # After some refusals (record too large, not authorised) kafka-python's idempotent
             # producer stays in a fatal state and fails every later send: start afresh.
@@ -319,20 +353,24 @@ class KafkaSink:
             self.producer = self._producer()
             raise
 
-    def _send_all(self, records: list[Outgoing]) -> None:
-        futures = []
-        try:
-            for r in records:
-                futures.append(
-                    self.producer.send(r.topic, value=r.value, key=r.key, headers=r.headers)
-                )
-            self.producer.flush(timeout=self.timeout_s)
-        except KafkaError as e:
-            raise PublishError(f"publishing failed: {e}") from e
-        failed = [f for f in futures if not f.is_done or f.failed()]
+    def deliver(self, records: list[Outgoing]) -> None:
+        """Send and wait: raise PublishError unless every record is acknowledged."""
+        self.wait(self.send(records))
+
+    def _wait(self, d: Delivery) -> None:
+        if d.error is not None:
+            raise PublishError(f"publishing failed: {d.error}")
+        if not d.done():
+            try:
+                self.producer.flush(timeout=self.timeout_s)
+            except KafkaError as e:
+                raise PublishError(f"publishing failed: {e}") from e
+        failed = [f for f in d.futures if not f.is_done or f.failed()]
         if failed:
             first = failed[0].exception if failed[0].is_done else "not acknowledged in time"
-            raise PublishError(f"{len(failed)} of {len(futures)} records not acknowledged: {first}")
+            raise PublishError(
+                f"{len(failed)} of {len(d.futures)} records not acknowledged: {first}"
+            )
 
     def close(self) -> None:
         try:

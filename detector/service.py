@@ -3,6 +3,10 @@
 At-least-once: a batch's offsets are committed only after every anomaly event, dead-letter
 record and score record of that batch has been acknowledged by the broker. A crash
 anywhere before that replays the batch; event ids make the replays recognisable.
+
+One batch is in flight at a time: while the broker acknowledges batch N, the loop polls,
+decodes and scores batch N+1, and sends N+1's records only after N is acknowledged and
+committed, so a key's events keep their order and a failed batch is retried alone.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -34,7 +39,14 @@ from detector.events import (
     make_score_record,
 )
 from detector.http import Health, HttpServer
-from detector.kafka import ConsumerRecord, KafkaSink, KafkaSource, TopicPartition, last_offsets
+from detector.kafka import (
+    ConsumerRecord,
+    Delivery,
+    KafkaSink,
+    KafkaSource,
+    TopicPartition,
+    last_offsets,
+)
 from detector.metrics import Metrics, Reference
 from detector.notify import Notifier
 from detector.registry import resolve
@@ -75,8 +87,21 @@ def mapping_for(settings: Settings, bundle: Bundle) -> Mapping:
     )
 
 
+@dataclass
+class InFlight:
+    """A scored batch whose records were sent; committed once they are acknowledged."""
+
+    batch: list[ConsumerRecord]
+    decoded: Decoded
+    scores: Scores
+    decisions: Decisions
+    event_ms: np.ndarray
+    delivery: Delivery
+    started: float
+
+
 class Detector:
-    """One batch at a time; every side effect goes through `source` and `sink`."""
+    """Batch by batch; every side effect goes through `source` and `sink`."""
 
     def __init__(
         self,
@@ -94,6 +119,7 @@ class Detector:
         self.metrics, self.health, self.stop = metrics, health, stop
         self.watcher, self.shadow = watcher, shadow
         self._unstable_since: float | None = None
+        self.in_flight: InFlight | None = None
         a = settings.alerts
         self.episodes = Episodes(
             a.k, a.n, a.close_after, a.continue_every, settings.state.max_entities
@@ -140,6 +166,8 @@ class Detector:
 
     # -- the loop ------------------------------------------------------------------------
     def step(self) -> int:
+        if self.in_flight is not None and self.in_flight.delivery.done():
+            self.settle()  # acknowledged already: commit before anything else happens
         revoked = self.source.take_revoked()
         if revoked:
             gone = {(tp.topic, tp.partition) for tp in revoked}
@@ -174,12 +202,15 @@ class Detector:
         self._report_health()
         if batch:
             self.process(batch)
-        elif not self.health.broker_reachable:
-            # kafka-python's poll returns at once without a broker: don't spin, back off.
-            self.stop.wait(0.5)
+        else:
+            self.settle()
+            if not self.health.broker_reachable:
+                # kafka-python's poll returns at once without a broker: don't spin, back off.
+                self.stop.wait(0.5)
         return len(batch)
 
     def process(self, batch: list[ConsumerRecord]) -> None:
+        """Decode and score `batch`, settle the batch before it, then send this one's records."""
         started = time.perf_counter()
         values = [r.value for r in batch]
         decoded = decode_batch(values, self.mapping)
@@ -194,15 +225,26 @@ class Detector:
         if self.watcher is not None:
             self.watcher.observe(values)
         outgoing = self._outgoing(batch, decoded, scores, decisions, event_ms)
-        self._deliver(outgoing)  # blocks until acknowledged, retrying; raises Stopped
+        self.settle()  # raises Stopped if shutdown comes while the batch before is retried
+        delivery = self.sink.send(outgoing)
+        self.in_flight = InFlight(batch, decoded, scores, decisions, event_ms, delivery, started)
+
+    def settle(self) -> None:
+        """Wait until the batch in flight is acknowledged (retrying it if need be), commit its
+        offsets and record it. Raises Stopped if shutdown comes first: nothing is committed."""
+        f = self.in_flight
+        if f is None:
+            return
+        self._await(f.delivery)
+        self.in_flight = None
         try:
-            self.source.commit(last := last_offsets(batch))
+            self.source.commit(last := last_offsets(f.batch))
         except (CommitFailedError, KafkaError) as e:
             # The group moved on (rebalance): the new owner replays from the last commit.
             self.metrics.kafka_errors.labels("commit").inc()
             log.warning("commit failed, the batch will be replayed by the partition's owner: %s", e)
             return
-        self._record(batch, last, decoded, scores, decisions, event_ms, outgoing, started)
+        self._record(f, last)
 
     # -- helpers -------------------------------------------------------------------------
     def _watch_rebalance(self) -> None:
@@ -224,6 +266,7 @@ class Detector:
         )
         self.metrics.kafka_errors.labels("rebalance").inc()
         self._unstable_since = now
+        self.settle()
         self.source.close()  # the next step connects again, as a new member
 
     def _windows(
@@ -355,13 +398,13 @@ class Detector:
                 )
         return out
 
-    def _deliver(self, outgoing: list[Outgoing]) -> None:
-        if not outgoing:
-            return
+    def _await(self, delivery: Delivery) -> None:
+        """Block until `delivery` is acknowledged, sending its records again (with backoff)
+        while the broker refuses them."""
         backoff = 0.25
         while True:
             try:
-                self.sink.deliver(outgoing)
+                self.sink.wait(delivery)
                 return
             except PublishError as e:
                 self.metrics.kafka_errors.labels("publish").inc()
@@ -373,40 +416,31 @@ class Detector:
             backoff = min(backoff * 2, 10.0)
             self.source.keepalive()
             self.health.beat()
+            delivery = self.sink.send(delivery.records)
 
-    def _record(
-        self,
-        batch: list[ConsumerRecord],
-        last: dict[TopicPartition, int],
-        decoded: Decoded,
-        scores: Scores,
-        decisions: Decisions,
-        event_ms: np.ndarray,
-        outgoing: list[Outgoing],
-        started: float,
-    ) -> None:
+    def _record(self, f: InFlight, last: dict[TopicPartition, int]) -> None:
         m = self.metrics
-        for topic, n in Counter(r.topic for r in batch).items():
+        for topic, n in Counter(r.topic for r in f.batch).items():
             m.consumed.labels(topic).inc(n)
-        m.scored.inc(len(decoded.index))
-        n_anomalies = int(decisions.anomaly.sum())
+        m.scored.inc(len(f.decoded.index))
+        n_anomalies = int(f.decisions.anomaly.sum())
         m.anomalies.inc(n_anomalies)
-        for reason, n in Counter(r.reason for r in decoded.rejects).items():
+        for reason, n in Counter(r.reason for r in f.decoded.rejects).items():
             m.invalid.labels(reason).inc(n)
         t = self.settings.topics
         kinds = Counter(
             "event" if o.topic == t.anomalies else "dlq" if o.topic == t.dlq else "score"
-            for o in outgoing
+            for o in f.delivery.records
         )
         for kind, n in kinds.items():
             m.published.labels(kind).inc(n)
-        now_ms = time.time() * 1000.0
-        m.latency.observe_many((now_ms - event_ms) / 1000.0)
-        m.scores.observe_many(scores.score)
-        m.recent.observe_many("live", scores.score)
-        m.severity.observe_many(decisions.severity)
-        m.batch_size.observe(len(batch))
-        m.batch_seconds.observe(time.perf_counter() - started)
+        # Decided = its records acknowledged (scored, for a batch with nothing to publish).
+        m.latency.observe_many((f.delivery.acked_at * 1000.0 - f.event_ms) / 1000.0)
+        m.scores.observe_many(f.scores.score)
+        m.recent.observe_many("live", f.scores.score)
+        m.severity.observe_many(f.decisions.severity)
+        m.batch_size.observe(len(f.batch))
+        m.batch_seconds.observe(time.perf_counter() - f.started)
         m.last_batch.set(time.time())
         for tp, lag in self.source.lag(last).items():
             m.lag.labels(tp.topic, str(tp.partition)).set(lag)
@@ -504,6 +538,7 @@ def run(settings: Settings, stop: threading.Event, reload: threading.Event | Non
                     reload.clear()
                     watcher.request_reload()
                 detector.step()
+            detector.settle()  # the last batch in flight: acknowledged and committed
         except Stopped as e:
             log.info("%s", e)
         notifier.stopping()
