@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+IDLE_POLL_MS = 100  # how long a poll waits when nothing comes: the loop's beat when idle
 
 
 def client_config(k: KafkaSettings) -> dict[str, Any]:
@@ -144,10 +146,17 @@ class _Rebalance(ConsumerRebalanceListener):
 class KafkaSource:
     """Polls batches (by size or time, whichever comes first) and commits explicit offsets."""
 
-    def __init__(self, settings: Settings):
+    def __init__(
+        self, settings: Settings, on_commit_error: Callable[[Exception], None] | None = None
+    ):
         self.settings = settings
         self.rebalance = _Rebalance()
         self.consumer: KafkaConsumer | None = None
+        self.on_commit_error = on_commit_error
+        self._commit_lock = threading.Lock()
+        self._commit_in_flight = False
+        self._newest: dict[TopicPartition, OffsetAndMetadata] = {}  # for the final commit
+        self._unsent: dict[TopicPartition, OffsetAndMetadata] = {}
 
     def connect(self) -> KafkaSource:
         """One attempt; raises KafkaError when the broker is unreachable, ConfigError when it
@@ -171,7 +180,7 @@ class KafkaSource:
             session_timeout_ms=k.session_timeout_ms,
             max_poll_interval_ms=k.max_poll_interval_ms,
             max_poll_records=self.settings.batch.max_size,
-            fetch_max_wait_ms=max(1, min(500, self.settings.batch.max_wait_ms)),
+            fetch_max_wait_ms=k.fetch_max_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             check_crcs=True,
             bootstrap_timeout_ms=5_000,  # give the loop back often enough to report health
@@ -198,26 +207,23 @@ class KafkaSource:
         return self
 
     def poll_batch(self, max_size: int, max_wait_ms: int) -> list[ConsumerRecord]:
-        """Records from assigned partitions, in offset order per partition."""
+        """Records from assigned partitions, in offset order per partition: waits up to
+        IDLE_POLL_MS for the first, then takes everything already fetched and waits at
+        most `max_wait_ms` more for the batch to fill."""
         assert self.consumer is not None
         records: list[ConsumerRecord] = []
         generation = self.rebalance.generation
-        deadline = None
-        while len(records) < max_size:
-            timeout = (
-                max_wait_ms
-                if deadline is None
-                else max(0, int((deadline - time.monotonic()) * 1000))
-            )
-            polled = self.consumer.poll(timeout_ms=timeout, max_records=max_size - len(records))
+        polled = self.consumer.poll(timeout_ms=IDLE_POLL_MS, max_records=max_size)
+        deadline = time.monotonic() + max_wait_ms / 1000.0
+        while polled:
             for recs in polled.values():
                 records.extend(recs)
-            if not records or (deadline is not None and time.monotonic() >= deadline):
+            if len(records) >= max_size:
                 break
-            if deadline is None:
-                deadline = time.monotonic() + max_wait_ms / 1000.0
-            if max_wait_ms == 0:
-                break
+            # One poll returns what one fetch brought: drain the rest without waiting,
+            # or a partition whose records sit in the client's buffer falls behind.
+            timeout = max(0, int((deadline - time.monotonic()) * 1000))
+            polled = self.consumer.poll(timeout_ms=timeout, max_records=max_size - len(records))
         if records and self.rebalance.generation != generation:
             # A rebalance happened while the batch filled: records of partitions we no
             # longer own will be redelivered to their new owner; don't score them twice.
@@ -226,11 +232,46 @@ class KafkaSource:
         return records
 
     def commit(self, last: dict[TopicPartition, int]) -> None:
-        """Commit past the last offset of each partition of a batch."""
-        assert self.consumer is not None
-        self.consumer.commit(
-            offsets={tp: OffsetAndMetadata(o + 1, "", -1) for tp, o in last.items()}
-        )
+        """Commit past the last offset of each partition of a batch, without waiting for
+        the broker's answer: a sync commit costs a round trip (about 10 ms here) per batch.
+        One commit request is in flight at a time and the next carries the newest offsets
+        (kafka-python refuses requests beyond its in-flight limit); one that fails is sent
+        again with the next. `close` commits the newest offsets synchronously."""
+        offsets = {tp: OffsetAndMetadata(o + 1, "", -1) for tp, o in last.items()}
+        with self._commit_lock:
+            self._newest.update(offsets)
+            self._unsent.update(offsets)
+        self.flush_commits()
+
+    def flush_commits(self) -> None:
+        """Send the offsets not yet committed, unless a commit request is in flight."""
+        if self.consumer is None:
+            return
+        with self._commit_lock:
+            if self._commit_in_flight or not self._unsent:
+                return
+            owned = self.consumer.assignment()  # a revoked partition is its new owner's
+            offsets = {tp: o for tp, o in self._unsent.items() if tp in owned}
+            self._unsent = {}
+            if not offsets:
+                return
+            self._commit_in_flight = True
+        try:
+            self.consumer.commit_async(offsets, callback=self._committed)
+        except KafkaError:
+            self._committed(offsets, sys.exc_info()[1])  # type: ignore[arg-type]
+
+    def _committed(self, offsets: dict[TopicPartition, Any], response: object) -> None:
+        """On the consumer's IO thread: a failed commit's offsets go out with the next."""
+        with self._commit_lock:
+            self._commit_in_flight = False
+            if isinstance(response, Exception):
+                for tp, o in offsets.items():
+                    self._unsent.setdefault(tp, o)  # unless newer offsets are waiting
+        if isinstance(response, Exception):
+            log.debug("commit of %d partition(s) failed, sent again: %s", len(offsets), response)
+            if self.on_commit_error is not None:
+                self.on_commit_error(response)
 
     def lag(self, last: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         assert self.consumer is not None
@@ -284,6 +325,15 @@ class KafkaSource:
 
     def close(self) -> None:
         if self.consumer is not None:
+            owned = self.consumer.assignment()
+            with self._commit_lock:
+                newest = {tp: o for tp, o in self._newest.items() if tp in owned}
+                self._newest, self._unsent, self._commit_in_flight = {}, {}, False
+            try:
+                if newest:  # the async commits may still be in flight: make sure of them
+                    self.consumer.commit(newest)
+            except KafkaError as e:
+                log.warning("final commit failed; the owner replays from the one before: %s", e)
             try:
                 self.consumer.close(autocommit=False)  # leaves the group promptly
             except KafkaError as e:

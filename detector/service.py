@@ -168,6 +168,7 @@ class Detector:
     def step(self) -> int:
         if self.in_flight is not None and self.in_flight.delivery.done():
             self.settle()  # acknowledged already: commit before anything else happens
+        self.source.flush_commits()  # offsets waiting for the commit in flight to answer
         revoked = self.source.take_revoked()
         if revoked:
             gone = {(tp.topic, tp.partition) for tp in revoked}
@@ -502,7 +503,9 @@ def run(settings: Settings, stop: threading.Event, reload: threading.Event | Non
         stack.callback(http.stop)
         log.info("metrics and probes on http://%s:%d", settings.http.host, http.port)
         notifier.ready(f"model {bundle.label} on {scorer.provider}")
-        source = KafkaSource(settings)
+        source = KafkaSource(
+            settings, on_commit_error=lambda e: metrics.kafka_errors.labels("commit").inc()
+        )
         if _with_backoff("connect to Kafka", source.connect, stop, health, metrics) is None:
             return 0
         stack.callback(source.close)

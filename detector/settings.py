@@ -85,6 +85,9 @@ class KafkaSettings(_Section):
     rejoin_timeout_s: float = Field(default=10.0, ge=5.0)  # a rebalance longer than this: rejoin
     request_timeout_ms: int = Field(default=30_000, ge=1_000)
     delivery_timeout_ms: int = Field(default=60_000, ge=1_000)
+    # kafka-python keeps one fetch per broker in flight, for the partitions with nothing
+    # buffered; records of the others wait until it returns: this bounds that wait.
+    fetch_max_wait_ms: int = Field(default=20, ge=1, le=500)
 
     @model_validator(mode="after")
     def _consistent(self) -> KafkaSettings:
