@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup tools test test-fast lint demo bench bench-tep kafka-start kafka-stop clean
+.PHONY: setup tools test test-fast lint demo bench bench-tep bench-throughput kafka-start kafka-stop clean
 
 # A virtual environment with the trainer, the detector, the GPU libraries and the dev tools.
 $(VENV)/.installed: pyproject.toml
@@ -35,6 +35,10 @@ demo: setup
 
 bench-tep: $(VENV)/.installed
 	$(BIN)/python bench/tep.py
+
+bench-throughput: $(VENV)/.installed tools
+	$(BIN)/pip install -q -e '.[train,gpu,dev,bench]'
+	$(BIN)/python bench/throughput.py
 
 kafka-start: tools
 	scripts/kafka-dev start
