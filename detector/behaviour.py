@@ -56,7 +56,14 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["BehaviourSpec", "BehaviourState", "EntityBehaviour", "offline_features"]
+__all__ = [
+    "BehaviourSpec",
+    "BehaviourState",
+    "EntityBehaviour",
+    "epoch_ms",
+    "offline_features",
+    "with_derived",
+]
 
 DAY_MS = 86_400_000.0
 _FORMAT = 1  # snapshot format version
@@ -484,3 +491,45 @@ def offline_features(
         {f: v[order] for f, v in vs.items()},
     )
     return out
+
+
+def epoch_ms(column: np.ndarray, name: str) -> np.ndarray:
+    """A file's time column to float64 epoch ms: epoch seconds or milliseconds (told apart by
+    magnitude, as the stream decoder does) or ISO 8601 strings. ValueError names the column."""
+    from datetime import datetime
+
+    try:
+        t = column.astype(np.float64)
+        return np.where(np.abs(t) > 1e11, t, t * 1000.0)
+    except (TypeError, ValueError):
+        pass
+    try:
+        return np.array(
+            [
+                datetime.fromisoformat(str(v).replace("Z", "+00:00")).timestamp() * 1e3
+                for v in column
+            ]
+        )
+    except ValueError as e:
+        raise ValueError(f"time column '{name}': {e}") from None
+
+
+def with_derived(
+    spec: BehaviourSpec,
+    names: Sequence[str],
+    x: np.ndarray,
+    columns: Mapping[str, np.ndarray],
+    time_column: str,
+) -> tuple[list[str], np.ndarray]:
+    """A file's payload features `x` (columns `names`) with the spec's features appended,
+    derived in one offline pass; `columns` holds the entity and time columns. Used by the
+    trainer and by the offline scorer alike."""
+    missing = [c for c in [*(e.entity for e in spec.entities), time_column] if c not in columns]
+    if missing:
+        raise ValueError(f"behaviour features need the column(s) {missing}")
+    if unread := [f for f in spec.fields() if f not in names]:
+        raise ValueError(f"behaviour averages {unread}, which are not among the features")
+    keys = {e.entity: [str(v) for v in columns[e.entity]] for e in spec.entities}
+    values = {f: x[:, list(names).index(f)].astype(np.float64) for f in spec.fields()}
+    derived = offline_features(spec, keys, epoch_ms(columns[time_column], time_column), values)
+    return [*names, *spec.names()], np.concatenate([x, derived.astype(x.dtype)], axis=1)

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from detector.behaviour import BehaviourSpec
 from detector.errors import BundleError
 
 __all__ = [
@@ -130,9 +131,20 @@ class Manifest(_Frozen):
     # Deciles of held-out normal scores: the reference of the detector's drift statistic
     # (detector/drift.py). Absent in bundles written before it existed.
     score_reference: list[float] | None = Field(default=None, min_length=1, max_length=99)
+    # Per-entity behaviour features (detector/behaviour.py) that the detector derives from
+    # the stream, with their own state; the other features come from the payload as is.
+    behaviour: BehaviourSpec | None = None
     model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     libraries: dict[str, str]
     golden: Golden
+
+    @property
+    def payload_features(self) -> list[str]:
+        """The features read from each message; the rest are derived (behaviour)."""
+        if self.behaviour is None:
+            return self.features
+        derived = set(self.behaviour.names())
+        return [f for f in self.features if f not in derived]
 
     @field_validator("schema_version")
     @classmethod
@@ -151,6 +163,18 @@ class Manifest(_Frozen):
             raise ValueError("feature names must be unique")
         if len(self.feature_error.mean) != n or len(self.feature_error.std) != n:
             raise ValueError(f"feature_error statistics must have {n} entries, one per feature")
+        if self.behaviour is not None:
+            derived = self.behaviour.names()
+            missing = [f for f in derived if f not in self.features]
+            if missing:
+                raise ValueError(f"behaviour features {missing[:5]} are not model features")
+            if self.window != 1:
+                raise ValueError("behaviour features are for single-row models (window 1)")
+            entities = [e.entity for e in self.behaviour.entities]
+            if clash := set(entities) & set(self.features):
+                raise ValueError(f"entity fields {sorted(clash)} cannot be model features")
+            if unread := set(self.behaviour.fields()) - set(self.payload_features):
+                raise ValueError(f"behaviour reads {sorted(unread)}: add them to the features")
         ref = self.score_reference
         if ref is not None and (
             not all(map(math.isfinite, ref)) or any(b < a for a, b in itertools.pairwise(ref))

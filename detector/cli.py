@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
         help="windowed models: the column naming each row's entity; windows are built per "
         "entity in file order (default: all rows are one entity)",
     )
+    s.add_argument(
+        "--time-column",
+        metavar="COL",
+        help="models with behaviour features: each row's event time (epoch s or ms, ISO 8601); "
+        "the features are derived per entity in one pass in time order, as the daemon does",
+    )
     s.add_argument("--top-k", type=int, default=3)
     s.add_argument("--emit-latent", action="store_true", help="add the latent code as columns")
     s.add_argument("--provider", choices=["auto", "cuda", "cpu"], default="auto")
@@ -172,6 +178,7 @@ def _score(a: argparse.Namespace) -> int:
         transpose=a.transpose,
         drop_bad_rows=a.drop_bad_rows,
         entity_column=a.entity_column,
+        time_column=a.time_column,
         threshold=a.threshold,
         top_k=a.top_k,
         latent=a.emit_latent,

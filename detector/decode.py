@@ -50,6 +50,7 @@ class Mapping:
     key_field: str | None = None  # None: the Kafka key is the entity key
     time_field: str | None = None  # None: the Kafka timestamp is the event time
     max_bytes: int = 1_048_576
+    entities: tuple[str, ...] = ()  # string fields naming entities (behaviour features)
 
     def __post_init__(self) -> None:
         own = [f for f in (self.key_field, self.time_field, self.features_field) if f]
@@ -58,12 +59,14 @@ class Mapping:
                 "payload.key_field, payload.time_field and payload.features_field must "
                 "name different fields"
             )
+        if clash := set(self.entities) & {*self.features, self.time_field, self.features_field}:
+            raise ConfigError(f"entity field(s) {sorted(c for c in clash if c)} clash")
         if not self.features_field and (clash := set(own) & set(self.features)):
             raise ConfigError(
                 f"payload field(s) {sorted(clash)} are also model features: a key or "
                 "event time cannot be a feature too"
             )
-        if self.features_at == "array" and not self.features_field and own:
+        if self.features_at == "array" and not self.features_field and (own or self.entities):
             raise ConfigError(
                 "with payload.features_at = 'array' and no payload.features_field the "
                 "message is a bare JSON array: it has no key or time field to read"
@@ -84,6 +87,7 @@ class Decoded:
     keys: list[str | None] | None  # [M] when the key comes from a field
     times_ms: np.ndarray | None  # [M] float64 epoch ms when the time comes from a field
     rejects: list[Reject]
+    entities: dict[str, list[str]] | None = None  # [M] per entity field of the mapping
 
 
 class _Bad(Exception):
@@ -176,11 +180,15 @@ def decode_batch(values: Sequence[bytes | None], m: Mapping) -> Decoded:
         keys=[r[1] for r in rows] if m.key_field else None,  # type: ignore[misc]
         times_ms=np.array([r[2] for r in rows], dtype=np.float64) if m.time_field else None,
         rejects=rejects,
+        entities={e: [r[3][i] for r in rows] for i, e in enumerate(m.entities)}
+        if m.entities
+        else None,
     )
 
 
-# One message's features, entity key and event time in ms (None where not in the payload).
-_Row = tuple[Sequence[float], str | None, float | None]
+# One message's features, entity key, event time in ms (None where not in the payload) and
+# the values of the mapping's entity fields.
+_Row = tuple[Sequence[float], str | None, float | None, tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -192,6 +200,7 @@ class _Schema:
     features: Callable[[Any], Sequence[float]]  # a decoded message to its feature values
     key: Callable[[Any], str | int] | None
     time: Callable[[Any], float | str] | None
+    entities: tuple[Callable[[Any], str | int], ...] = ()
 
 
 @functools.lru_cache(maxsize=16)
@@ -216,6 +225,14 @@ def _schema(m: Mapping) -> _Schema:
     if m.time_field:
         fields.append(("time", float | str))
         rename["time"] = m.time_field
+    entity_of: list[Callable[[Any], str | int]] = []
+    for i, e in enumerate(m.entities):  # the key field may name an entity too: read it once
+        if e == m.key_field:
+            entity_of.append(operator.attrgetter("key"))
+            continue
+        fields.append((f"e{i}", str | int))
+        rename[f"e{i}"] = e
+        entity_of.append(operator.attrgetter(f"e{i}"))
     if m.features_field:
         fields.append(("features", inner))
         rename["features"] = m.features_field
@@ -238,6 +255,7 @@ def _schema(m: Mapping) -> _Schema:
         features,
         operator.attrgetter("key") if m.key_field else None,
         operator.attrgetter("time") if m.time_field else None,
+        tuple(entity_of),
     )
 
 
@@ -268,12 +286,18 @@ def _decode_all(values: Sequence[bytes | None], m: Mapping, s: _Schema) -> Decod
                 times = np.array(list(map(_time_ms, raw)), dtype=np.float64)
             except _Bad:
                 return None
+    entities = None
+    if m.entities:
+        entities = {
+            e: list(map(str, map(get, docs))) for e, get in zip(m.entities, s.entities, strict=True)
+        }
     return Decoded(
         x=x.astype(np.float32),
         index=np.arange(len(values), dtype=np.int64),
         keys=keys,
         times_ms=times,
         rejects=[],
+        entities=entities,
     )
 
 
@@ -296,7 +320,7 @@ def _decode_one(v: bytes | None, m: Mapping, s: _Schema) -> _Row | _Bad:
         time_ms = _time_ms(s.time(doc)) if s.time is not None else None
     except _Bad as b:
         return b
-    return values, key, time_ms
+    return values, key, time_ms, tuple(str(get(doc)) for get in s.entities)
 
 
 def _diagnose(v: bytes, m: Mapping, e: msgspec.MsgspecError) -> _Bad:
@@ -315,6 +339,10 @@ def _diagnose(v: bytes, m: Mapping, e: msgspec.MsgspecError) -> _Bad:
             if not isinstance(doc, dict) or m.time_field not in doc:
                 raise _Bad("bad_time", f"event time field '{m.time_field}' is missing")
             _time_ms(doc[m.time_field])
+        for e in m.entities:
+            if not isinstance(doc, dict) or e not in doc:
+                raise _Bad("bad_key", f"entity field '{e}' is missing")
+            _key(doc[e])
     except _Bad as b:
         return b
     # Refused by the schema though each check above passes (an edge the two parsers see

@@ -82,6 +82,7 @@ def make_event(
     top_index: np.ndarray,
     top_share: np.ndarray,
     episode: dict[str, object] | None = None,
+    entities: dict[str, str] | None = None,
 ) -> dict[str, object]:
     event = {
         "schema_version": EVENT_SCHEMA_VERSION,
@@ -104,6 +105,8 @@ def make_event(
             for j, s in zip(top_index, top_share, strict=True)
         ],
     }
+    if entities:
+        event["entities"] = entities
     if episode is not None:
         event["episode"] = episode
     return event

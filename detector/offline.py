@@ -10,11 +10,12 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from detector.behaviour import with_derived
 from detector.errors import DataError
 from detector.scorer import Decisions, Scorer, Scores, decide
 from detector.tables import Table, read_table
@@ -48,15 +49,24 @@ def score_file(
     top_k: int = 3,
     latent: bool = False,
     batch_rows: int = 65_536,
+    time_column: str | None = None,
 ) -> ScoredFile:
     """Read the manifest's features from a file (by name; headerless matrices by position)
     and score them in batches. `entity_column` names each row's entity for windowed
     bundles; without it all rows are one entity."""
     wanted = [*keep, *([entity_column] if entity_column and entity_column not in keep else [])]
+    spec = scorer.bundle.manifest.behaviour
+    if spec is not None:  # derived features: read what they come from instead
+        if not time_column:
+            raise DataError(
+                "this model derives behaviour features per entity: name the time column "
+                "(--time-column)"
+            )
+        wanted += [c for c in [*(e.entity for e in spec.entities), time_column] if c not in wanted]
     try:
         table = read_table(
             path,
-            features=scorer.features,
+            features=scorer.bundle.manifest.payload_features,
             keep=wanted,
             sep=sep,
             transpose=transpose,
@@ -66,6 +76,13 @@ def score_file(
         if "unknown column" not in str(e):
             raise
         raise DataError(f"{e}\nThe model expects the features {scorer.features}") from None
+    if spec is not None:
+        assert table.extra is not None and time_column
+        try:
+            names, x = with_derived(spec, table.names, table.values, table.extra, time_column)
+        except ValueError as e:
+            raise DataError(f"{path}: {e}") from None
+        table = replace(table, names=names, values=x)
     n, t = len(table.values), scorer.threshold if threshold is None else threshold
     if scorer.window == 1:
         scores = _score_rows(scorer, table.values, latent, batch_rows)

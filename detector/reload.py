@@ -29,7 +29,12 @@ def mapping_with(mapping: Mapping, bundle: Bundle) -> Mapping:
     """The same payload mapping, for another model's features."""
     from dataclasses import replace
 
-    return replace(mapping, features=tuple(bundle.features))
+    b = bundle.manifest.behaviour
+    return replace(
+        mapping,
+        features=tuple(bundle.manifest.payload_features),
+        entities=tuple(e.entity for e in b.entities) if b is not None else (),
+    )
 
 
 def check_compatible(live: Mapping, candidate: Bundle, recent: list[bytes | None]) -> None:

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,6 +25,7 @@ import numpy as np
 import orjson
 from kafka.errors import CommitFailedError, KafkaConfigurationError, KafkaError
 
+from detector.behaviour import BehaviourState
 from detector.bundle import Bundle, load_bundle
 from detector.decode import Decoded, Mapping, decode_batch, entity_key, event_times
 from detector.episodes import Episodes
@@ -77,8 +78,10 @@ def reference_of(scorer: Scorer, threshold: float) -> Reference:
 
 def mapping_for(settings: Settings, bundle: Bundle) -> Mapping:
     p = settings.payload
+    b = bundle.manifest.behaviour
     return Mapping(
-        features=tuple(bundle.features),
+        features=tuple(bundle.manifest.payload_features),
+        entities=tuple(e.entity for e in b.entities) if b is not None else (),
         features_at=p.features_at,
         features_field=p.features_field,
         key_field=p.key_field if p.key_from == "field" else None,
@@ -154,6 +157,15 @@ class Detector:
                 scorer.window, len(scorer.features), st.max_entities, st.idle_ttl_s
             )
             self._evicted_seen = 0
+        spec = scorer.bundle.manifest.behaviour
+        if spec is None:
+            self.behaviour = None
+        elif old is None or old.bundle.manifest.behaviour != spec or self.behaviour is None:
+            self.behaviour = BehaviourState(spec)  # a new spec: its state starts empty
+        if spec is not None:
+            m = scorer.bundle.manifest
+            self._from_payload = np.array([m.features.index(f) for f in m.payload_features])
+            self._derived = np.array([m.features.index(f) for f in spec.names()])
         self.scorer = scorer
         self.mapping = mapping_with(self.mapping, scorer.bundle)
         self.threshold = self.settings.model.threshold or scorer.threshold
@@ -216,6 +228,7 @@ class Detector:
         values = [r.value for r in batch]
         decoded = decode_batch(values, self.mapping)
         event_ms = event_times(decoded, [r.timestamp for r in batch])
+        decoded = self._with_behaviour(decoded, event_ms)
         inputs, decoded, event_ms = self._windows(batch, decoded, event_ms)
         t0 = time.perf_counter()
         scores = self.scorer.score(inputs)
@@ -307,6 +320,23 @@ class Detector:
         )
         return w.x, sub, event_ms[w.rows]
 
+    def _with_behaviour(self, decoded: Decoded, event_ms: np.ndarray) -> Decoded:
+        """Derive the model's behaviour features from per-entity state (detector/behaviour.py,
+        the trainer's own implementation) and put them beside the payload's, in the model's
+        feature order. A row without an event time counts as now."""
+        if self.behaviour is None or decoded.entities is None:
+            return decoded
+        spec = self.behaviour.spec
+        payload = list(self.mapping.features)
+        values = {f: decoded.x[:, payload.index(f)].astype(np.float64) for f in spec.fields()}
+        t = np.where(np.isfinite(event_ms), event_ms, time.time() * 1000.0)
+        derived = self.behaviour.update(decoded.entities, t, values)
+        x = np.empty((len(decoded.x), len(self.scorer.features)), dtype=np.float32)
+        x[:, self._from_payload] = decoded.x
+        x[:, self._derived] = derived
+        self.metrics.entities.set(len(self.behaviour))
+        return replace(decoded, x=x)
+
     def _score_shadow(self, x: np.ndarray) -> None:
         """The candidate scores the same rows; it publishes nothing, only metrics."""
         assert self.shadow is not None
@@ -355,6 +385,9 @@ class Detector:
                 expected=scores.reconstruction[j],
                 top_index=decisions.top_index[j],
                 top_share=decisions.top_share[j],
+                entities={e: v[j] for e, v in decoded.entities.items()}
+                if decoded.entities
+                else None,
                 episode={
                     "id": tr.episode_id,
                     "state": tr.state,

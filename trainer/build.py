@@ -21,6 +21,7 @@ import onnxruntime as ort
 import torch
 
 import detector
+from detector.behaviour import BehaviourSpec
 from detector.bundle import (
     REPORT_FILE,
     Bundle,
@@ -142,7 +143,15 @@ def _score_text(cfg: TrainConfig) -> str:
     )
 
 
-def build_bundle(data: Dataset, cfg: TrainConfig, out: str | Path, progress: bool = True) -> Bundle:
+def build_bundle(
+    data: Dataset,
+    cfg: TrainConfig,
+    out: str | Path,
+    progress: bool = True,
+    behaviour: BehaviourSpec | None = None,
+) -> Bundle:
+    """Fit, calibrate, export and write a bundle. `behaviour`: the spec that derived some of
+    `data`'s features (trainer/behaviour.py); the detector derives them the same way."""
     cfg = cfg.resolved(len(data.values))
     cfg.check()
     x, groups = data.values, group_codes(data.entities, len(data.values))
@@ -233,6 +242,7 @@ def build_bundle(data: Dataset, cfg: TrainConfig, out: str | Path, progress: boo
             "onnx_parity_max_error": parity,
         },
         score_reference=reference_edges(cal_scores),
+        behaviour=behaviour,
         model_sha256=hashlib.sha256(model_bytes).hexdigest(),
         libraries=_libraries(),
         golden=Golden(inputs=golden_x.tolist(), scores=[0.0] * len(golden_x)),

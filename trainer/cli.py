@@ -93,6 +93,19 @@ def _parser() -> argparse.ArgumentParser:
         "rows are one entity",
     )
     f.add_argument(
+        "--behaviour",
+        type=Path,
+        metavar="SPEC.json",
+        help="per-entity behaviour features to derive (detector/behaviour.py: counts and means "
+        "over decayed 1/7/30-day windows per card or terminal, time since previous, hour of "
+        "day); the detector derives them the same way from the stream. Needs --time-column",
+    )
+    f.add_argument(
+        "--time-column",
+        metavar="COL",
+        help="with --behaviour: the event time of each row (epoch s or ms, or ISO 8601)",
+    )
+    f.add_argument(
         "--hidden",
         type=_ints,
         default=d.hidden,
@@ -249,6 +262,14 @@ def _fit(a: argparse.Namespace) -> int:
     from trainer import data
     from trainer.build import build_bundle
 
+    spec = None
+    if a.behaviour is not None:
+        from trainer.behaviour import load_spec
+
+        if not a.time_column:
+            raise ValueError("--behaviour needs --time-column (the event time of each row)")
+        spec = load_spec(a.behaviour)
+    aside = [*(e.entity for e in spec.entities), a.time_column] if spec is not None else []
     ds = data.load(
         a.data,
         features=a.features,
@@ -257,12 +278,17 @@ def _fit(a: argparse.Namespace) -> int:
         transpose=a.transpose,
         drop_bad_rows=a.drop_bad_rows,
         entity_column=a.entity_column,
+        aside=aside,
     )
     if ds.rows_dropped:
         print(
             f"dropped {ds.rows_dropped} rows with missing, NaN or infinite values", file=sys.stderr
         )
-    bundle = build_bundle(ds, cfg, a.out, progress=not a.no_progress)
+    if spec is not None:
+        from trainer.behaviour import with_behaviour
+
+        ds = with_behaviour(ds, spec, a.time_column)
+    bundle = build_bundle(ds, cfg, a.out, progress=not a.no_progress, behaviour=spec)
     m = bundle.manifest
     print(
         json.dumps(

@@ -24,6 +24,7 @@ class Dataset:
     files: list[DataFile]
     rows_dropped: int
     entities: np.ndarray | None = None  # [N] entity id of each row; None: one entity
+    extra: dict[str, np.ndarray] | None = None  # columns read aside (`keep`), never features
 
 
 def load(
@@ -35,9 +36,17 @@ def load(
     transpose: bool = False,
     drop_bad_rows: bool = False,
     entity_column: str | None = None,
+    aside: Sequence[str] = (),
 ) -> Dataset:
+    """Read the data files into one Dataset; `aside` names columns read raw into
+    `Dataset.extra`, such as the entity and time columns of behaviour features."""
     if not paths:
         raise DataError("no data files given (--data PATH)")
+    aside = list(aside)
+    if clash := set(aside) & set(features or ()):
+        raise DataError(f"columns {sorted(clash)} are read aside; they cannot also be features")
+    if aside and not features:  # never features, whether or not --drop names them
+        drop = [*(drop or []), *(c for c in aside if c not in (drop or []))]
     keep: list[str] = []
     if entity_column:
         if features and entity_column in features:
@@ -53,7 +62,7 @@ def load(
             p,
             features=features,
             drop=drop,
-            keep=keep,
+            keep=[*keep, *(c for c in aside if c not in keep)],
             sep=sep,
             transpose=transpose,
             drop_bad_rows=drop_bad_rows,
@@ -73,7 +82,15 @@ def load(
     if entity_column:
         raw = [t.extra[entity_column] for t in tables if t.extra is not None]
         entities = entity_keys(np.concatenate(raw), entity_column)
-    return Dataset(tables[0].names, values, files, sum(t.rows_dropped for t in tables), entities)
+    extra = {c: np.concatenate([t.extra[c] for t in tables if t.extra is not None]) for c in aside}
+    return Dataset(
+        tables[0].names,
+        values,
+        files,
+        sum(t.rows_dropped for t in tables),
+        entities,
+        extra or None,
+    )
 
 
 def time_split(n: int, validation: float, calibration: float) -> tuple[slice, slice, slice]:

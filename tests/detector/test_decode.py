@@ -119,3 +119,31 @@ def test_counts_add_up_on_a_mixed_batch() -> None:
     assert len(d.index) + len(d.rejects) == len(values)
     assert sorted(list(d.index) + [r.index for r in d.rejects]) == list(range(500))
     assert all(math.isfinite(v) for v in d.x.ravel())
+
+
+def test_entity_fields_are_read_as_strings_and_a_missing_one_is_dead_lettered() -> None:
+    m = Mapping(features=("amount",), key_field="card", entities=("card", "terminal"))
+    d = decode_batch(
+        [
+            msg(amount=5, card="C1", terminal=7),
+            msg(amount=5, terminal="T2"),
+            msg(amount=5, card="C3"),
+            msg(amount=5, card="C4", terminal=True),
+        ],
+        m,
+    )
+    assert d.entities == {"card": ["C1"], "terminal": ["7"]}
+    assert d.keys == ["C1"]  # the key field names an entity too: read once, used twice
+    assert [(r.index, r.reason) for r in d.rejects] == [
+        (1, "bad_key"),
+        (2, "bad_key"),
+        (3, "bad_key"),
+    ]
+    assert "terminal" in d.rejects[1].detail
+
+
+def test_an_entity_field_cannot_be_a_feature() -> None:
+    from detector.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="entity"):
+        Mapping(features=("amount", "card"), entities=("card",))

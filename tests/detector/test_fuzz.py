@@ -65,6 +65,7 @@ mappings = st.sampled_from(
         Mapping(features=FEATURES, features_at="array"),
         Mapping(features=FEATURES, features_at="field", features_field="a"),
         Mapping(features=FEATURES, key_field="x", time_field="ts"),
+        Mapping(features=FEATURES, key_field="x", entities=("x", "ü")),
     ]
 )
 
