@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 from kafka.errors import CommitFailedError, KafkaConfigurationError, KafkaError
 
-from detector.behaviour import BehaviourState
+from detector.behaviour import BehaviourSpec, BehaviourState
 from detector.bundle import Bundle, load_bundle
 from detector.decode import Decoded, Mapping, decode_batch, entity_key, event_times
 from detector.episodes import Episodes
@@ -161,7 +161,7 @@ class Detector:
         if spec is None:
             self.behaviour = None
         elif old is None or old.bundle.manifest.behaviour != spec or self.behaviour is None:
-            self.behaviour = BehaviourState(spec)  # a new spec: its state starts empty
+            self.behaviour = self._restore(spec)  # a new spec: its state starts afresh
         if spec is not None:
             m = scorer.bundle.manifest
             self._from_payload = np.array([m.features.index(f) for f in m.payload_features])
@@ -181,6 +181,7 @@ class Detector:
         if self.in_flight is not None and self.in_flight.delivery.done():
             self.settle()  # acknowledged already: commit before anything else happens
         self.source.flush_commits()  # offsets waiting for the commit in flight to answer
+        self.snapshot()
         revoked = self.source.take_revoked()
         if revoked:
             gone = {(tp.topic, tp.partition) for tp in revoked}
@@ -319,6 +320,35 @@ class Detector:
             rejects=decoded.rejects,
         )
         return w.x, sub, event_ms[w.rows]
+
+    def _restore(self, spec: BehaviourSpec) -> BehaviourState:
+        """The behaviour state of the last run, from its snapshot, if it fits `spec`."""
+        self._snapshot_at = time.monotonic()
+        path = self.settings.state.snapshot_path
+        if path is None or not path.exists():
+            return BehaviourState(spec)
+        try:
+            state = BehaviourState.load(spec, path)
+        except (ValueError, OSError) as e:
+            log.warning("behaviour snapshot %s not used, starting afresh: %s", path, e)
+            return BehaviourState(spec)
+        log.info("behaviour state restored from %s: %d entities", path, len(state))
+        return state
+
+    def snapshot(self, force: bool = False) -> None:
+        """Write the behaviour state when it is due (or `force`); exact at shutdown, when no
+        batch is in flight, so a restart neither forgets cards nor counts one twice."""
+        path = self.settings.state.snapshot_path
+        if self.behaviour is None or path is None:
+            return
+        every = self.settings.state.snapshot_every_s
+        if not force and time.monotonic() - self._snapshot_at < every:
+            return
+        self._snapshot_at = time.monotonic()
+        try:
+            self.behaviour.save(path)
+        except OSError as e:
+            log.warning("cannot write the behaviour snapshot %s: %s", path, e)
 
     def _with_behaviour(self, decoded: Decoded, event_ms: np.ndarray) -> Decoded:
         """Derive the model's behaviour features from per-entity state (detector/behaviour.py,
@@ -575,6 +605,7 @@ def run(settings: Settings, stop: threading.Event, reload: threading.Event | Non
                     watcher.request_reload()
                 detector.step()
             detector.settle()  # the last batch in flight: acknowledged and committed
+            detector.snapshot(force=True)
         except Stopped as e:
             log.info("%s", e)
         notifier.stopping()

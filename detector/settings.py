@@ -190,10 +190,15 @@ class AlertSettings(_Section):
 
 
 class StateSettings(_Section):
-    """Per-entity windows of windowed models."""
+    """Per-entity windows of windowed models, and the behaviour state of models that derive
+    behaviour features (its bounds are in the model's spec)."""
 
     max_entities: int = Field(default=100_000, ge=1)
     idle_ttl_s: float = Field(default=3600.0, gt=0)
+    # Behaviour state survives restarts through this snapshot: loaded at start, written
+    # every `snapshot_every_s` and at shutdown. None: a restart starts every card afresh.
+    snapshot_path: Path | None = None
+    snapshot_every_s: float = Field(default=60.0, ge=1.0)
 
 
 class BatchSettings(_Section):

@@ -90,28 +90,32 @@ def test_fraud_stream_scores_like_offline_and_dead_letters_bad_transactions(
         (b"C00001", orjson.dumps({"card_id": "C00001", "terminal_id": "T1", "amount": "abc"})),
     ]
     topic = make_topic("fraud", partitions=1)  # one partition: the order the offline pass sees
-    positions = produce(kafka_bootstrap, topic, records[:100] + bad + records[100:])
-    d = start_detector(
-        tmp_path,
-        kafka_bootstrap,
-        tmp_path / "fraud",
-        topic,
-        "g-fraud",
-        payload__time_from="field",
-        payload__time_field="ts",
-        topics__scores=f"{topic}.scores",
-    )
-    try:
-        d.wait_ready()
-        wait_for(lambda: committed_all(kafka_bootstrap, "g-fraud", topic), 120, "commit")
-    finally:
-        assert d.terminate() == 0
+    half = len(records) // 2
+    settings = {
+        "payload__time_from": "field",
+        "payload__time_field": "ts",
+        "topics__scores": f"{topic}.scores",
+        "state__snapshot_path": str(tmp_path / "behaviour.npz"),
+    }
+    positions = []
+    # Two runs, a restart between them: the behaviour state carries over in its snapshot.
+    for part in (records[:100] + bad + records[100:half], records[half:]):
+        positions += produce(kafka_bootstrap, topic, part)
+        d = start_detector(
+            tmp_path, kafka_bootstrap, tmp_path / "fraud", topic, "g-fraud", **settings
+        )
+        try:
+            d.wait_ready()
+            wait_for(lambda: committed_all(kafka_bootstrap, "g-fraud", topic), 120, "commit")
+        finally:
+            assert d.terminate() == 0
+    assert "behaviour state restored" in d.log.read_text()
 
     dlq = read_all(kafka_bootstrap, f"{topic}.dlq")
     reasons = sorted(dict(r.headers)["vigil.reason"].decode() for r in dlq)
     assert reasons == ["bad_key", "wrong_type"], reasons
 
-    # The daemon's scores equal the offline pass over the same sequence of transactions.
+    # The daemon's scores equal one offline pass over the same sequence of transactions.
     good_offsets = [o for _, o in positions[:100] + positions[102:]]
     online = {
         (s := orjson.loads(r.value))["source"]["offset"]: s["score"]
