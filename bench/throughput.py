@@ -444,8 +444,12 @@ def main() -> int:
             "message_bytes": msg_bytes,
             "partitions": a.partitions,
         }
-        results["ceiling_msg_per_s"] = bare_consumer(bootstrap, "bench", a.messages)
-        print("ceiling", results["ceiling_msg_per_s"], flush=True)
+        # The ceiling varies by a third from run to run here: the best of three, so that the
+        # ratios below are not flattered by one slow run.
+        runs = [bare_consumer(bootstrap, "bench", a.messages) for _ in range(3)]
+        results["ceiling_runs_msg_per_s"] = runs
+        results["ceiling_msg_per_s"] = max(runs)
+        print("ceiling", runs, flush=True)
         results["vigil_dense"] = vigil(bootstrap, "bench", model, a.messages, workdir)
         print("vigil", results["vigil_dense"], flush=True)
         windowed = make_windowed_model(workdir, names)
@@ -509,7 +513,9 @@ def main() -> int:
         "",
         "| what | msg/s | ratio |",
         "|---|---:|---:|",
-        f"| bare kafka-python consumer (ceiling) | {results['ceiling_msg_per_s']:,.0f} | 1.00 |",
+        f"| bare kafka-python consumer (ceiling, best of 3: "
+        f"{', '.join(f'{r:,.0f}' for r in results['ceiling_runs_msg_per_s'])}) | "  # type: ignore[union-attr]
+        f"{results['ceiling_msg_per_s']:,.0f} | 1.00 |",
         f"| vigil-detect run, dense model | {v['msg_per_s']:,.0f} | {results['ratio_vigil_to_ceiling']:.2f} |",
         f"| vigil-detect run, windowed (W = 20, lags 3, window-mean, 16 units) | {w['msg_per_s']:,.0f} | "
         f"{results['ratio_windowed_to_ceiling']:.2f} |",
