@@ -83,6 +83,9 @@ class EntityBehaviour(BaseModel):
     entity: str = Field(min_length=1)  # payload field naming the entity, e.g. "card_id"
     windows_days: tuple[float, ...] = (1, 7, 30)  # decay time constants, in days
     count: bool = True  # decayed transaction count per window
+    # log1p of the counts: a busy terminal's hundreds and a card's few on one scale
+    # (bench/fraud.py: validation AP of the autoencoder 0.113 -> 0.159)
+    log_counts: bool = False
     mean_of: str | None = None  # numeric payload field averaged per window, e.g. "amount"
     since_previous: bool = False  # log1p(seconds since the entity's previous row)
 
@@ -93,6 +96,8 @@ class EntityBehaviour(BaseModel):
             raise ValueError(f"{self.entity}: windows_days must be positive numbers, got {w}")
         if len({_window_name(d) for d in w}) != len(w):
             raise ValueError(f"{self.entity}: windows_days has duplicates: {w}")
+        if self.log_counts and not self.count:
+            raise ValueError(f"{self.entity}: log_counts needs count")
         if not (self.count or self.mean_of or self.since_previous):
             raise ValueError(
                 f"{self.entity}: no feature enabled; set count, mean_of or since_previous"
@@ -101,7 +106,8 @@ class EntityBehaviour(BaseModel):
 
     def names(self) -> list[str]:
         e, ws = self.entity, [_window_name(d) for d in self.windows_days]
-        out = [f"{e}.count_{w}" for w in ws] if self.count else []
+        count = "log_count" if self.log_counts else "count"
+        out = [f"{e}.{count}_{w}" for w in ws] if self.count else []
         if self.mean_of:
             out += [f"{e}.mean_{self.mean_of}_{w}" for w in ws]
         if self.since_previous:
@@ -387,7 +393,7 @@ class BehaviourState:
             store.sums[slots] = sums
         store.last_t[slots] = last
 
-        cols = [work[:, :nw]] if e.count else []
+        cols = [np.log1p(work[:, :nw]) if e.log_counts else work[:, :nw]] if e.count else []
         if e.mean_of:
             cols.append(work[:, nw : 2 * nw] / work[:, :nw])
         if e.since_previous:

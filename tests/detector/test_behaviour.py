@@ -264,3 +264,18 @@ def test_simulated_payments() -> None:
     scenario = tx.tx_fraud_scenario
     assert (scenario == 3).sum() > 20
     assert ratio[scenario == 3].mean() > 2 * ratio[scenario == 0].mean()
+
+
+def test_log_counts_are_log1p_of_the_counts() -> None:
+    rng = np.random.default_rng(3)
+    n = 500
+    keys = {"card": [f"c{i}" for i in rng.integers(0, 20, n)]}
+    t = np.sort(rng.uniform(0, 40 * 86_400_000, n))
+    plain = BehaviourSpec(entities=(EntityBehaviour(entity="card"),), hour_of_day=False)
+    logged = BehaviourSpec(
+        entities=(EntityBehaviour(entity="card", log_counts=True),), hour_of_day=False
+    )
+    assert logged.names() == ["card.log_count_1d", "card.log_count_7d", "card.log_count_30d"]
+    np.testing.assert_array_equal(
+        offline_features(logged, keys, t), np.log1p(offline_features(plain, keys, t))
+    )
