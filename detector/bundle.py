@@ -134,6 +134,9 @@ class Manifest(_Frozen):
     # Per-entity behaviour features (detector/behaviour.py) that the detector derives from
     # the stream, with their own state; the other features come from the payload as is.
     behaviour: BehaviourSpec | None = None
+    # Declared valid ranges of payload features (`fit --bounds amount=0:`): the detector
+    # dead-letters a message outside them as out_of_range. None for an open end.
+    bounds: dict[str, tuple[float | None, float | None]] | None = None
     model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     libraries: dict[str, str]
     golden: Golden
@@ -145,6 +148,19 @@ class Manifest(_Frozen):
             return self.features
         derived = set(self.behaviour.names())
         return [f for f in self.features if f not in derived]
+
+    def payload_bounds(self) -> tuple[tuple[float, float], ...] | None:
+        """(low, high) of each payload feature in order, open ends infinite; None: none."""
+        if not self.bounds:
+            return None
+        inf = float("inf")
+        return tuple(
+            (
+                -inf if (b := self.bounds.get(f, (None, None)))[0] is None else float(b[0]),
+                inf if b[1] is None else float(b[1]),
+            )
+            for f in self.payload_features
+        )
 
     @field_validator("schema_version")
     @classmethod
@@ -175,6 +191,11 @@ class Manifest(_Frozen):
                 raise ValueError(f"entity fields {sorted(clash)} cannot be model features")
             if unread := set(self.behaviour.fields()) - set(self.payload_features):
                 raise ValueError(f"behaviour reads {sorted(unread)}: add them to the features")
+        for name, (low, high) in (self.bounds or {}).items():
+            if name not in self.payload_features:
+                raise ValueError(f"bounds name '{name}', which is not a payload feature")
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"bounds of '{name}': {low} is above {high}")
         ref = self.score_reference
         if ref is not None and (
             not all(map(math.isfinite, ref)) or any(b < a for a, b in itertools.pairwise(ref))

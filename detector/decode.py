@@ -37,6 +37,7 @@ REASONS = (
     "wrong_length",
     "bad_key",
     "bad_time",
+    "out_of_range",
 )
 
 
@@ -51,8 +52,13 @@ class Mapping:
     time_field: str | None = None  # None: the Kafka timestamp is the event time
     max_bytes: int = 1_048_576
     entities: tuple[str, ...] = ()  # string fields naming entities (behaviour features)
+    # (low, high) per feature, in `features` order, from the manifest's declared bounds;
+    # a value outside is dead-lettered as out_of_range. None: no bounds.
+    bounds: tuple[tuple[float, float], ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.bounds is not None and len(self.bounds) != len(self.features):
+            raise ConfigError(f"bounds: {len(self.bounds)} for {len(self.features)} features")
         own = [f for f in (self.key_field, self.time_field, self.features_field) if f]
         if len(set(own)) < len(own):
             raise ConfigError(
@@ -270,6 +276,10 @@ def _decode_all(values: Sequence[bytes | None], m: Mapping, s: _Schema) -> Decod
         return None
     if not (np.isfinite(x).all() and (np.abs(x) <= _FLOAT32_MAX).all()):
         return None
+    if m.bounds is not None:
+        low, high = np.array(m.bounds).T
+        if ((x < low) | (x > high)).any():
+            return None
     keys = None
     if s.key is not None:
         keys = list(map(str, map(s.key, docs)))  # str(str) is the same object
@@ -315,6 +325,9 @@ def _decode_one(v: bytes | None, m: Mapping, s: _Schema) -> _Row | _Bad:
     for name, value in zip(m.features, values, strict=True):
         if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
             return _Bad("not_finite", f"feature '{name}' = {value!r} is not a finite float32")
+    for name, value, (low, high) in zip(m.features, values, m.bounds or (), strict=False):
+        if not low <= value <= high:
+            return _Bad("out_of_range", f"feature '{name}' = {value!r} is outside [{low}, {high}]")
     try:
         key = str(s.key(doc)) if s.key is not None else None
         time_ms = _time_ms(s.time(doc)) if s.time is not None else None

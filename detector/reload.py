@@ -34,6 +34,7 @@ def mapping_with(mapping: Mapping, bundle: Bundle) -> Mapping:
         mapping,
         features=tuple(bundle.manifest.payload_features),
         entities=tuple(e.entity for e in b.entities) if b is not None else (),
+        bounds=bundle.manifest.payload_bounds(),
     )
 
 

@@ -82,6 +82,7 @@ def mapping_for(settings: Settings, bundle: Bundle) -> Mapping:
     return Mapping(
         features=tuple(bundle.manifest.payload_features),
         entities=tuple(e.entity for e in b.entities) if b is not None else (),
+        bounds=bundle.manifest.payload_bounds(),
         features_at=p.features_at,
         features_field=p.features_field,
         key_field=p.key_field if p.key_from == "field" else None,

@@ -149,11 +149,22 @@ def build_bundle(
     out: str | Path,
     progress: bool = True,
     behaviour: BehaviourSpec | None = None,
+    bounds: dict[str, tuple[float | None, float | None]] | None = None,
 ) -> Bundle:
     """Fit, calibrate, export and write a bundle. `behaviour`: the spec that derived some of
     `data`'s features (trainer/behaviour.py); the detector derives them the same way."""
     cfg = cfg.resolved(len(data.values))
     cfg.check()
+    for name, (low, high) in (bounds or {}).items():
+        if name not in data.names:
+            raise ValueError(f"--bounds names '{name}', which is not a feature")
+        col = data.values[:, data.names.index(name)]
+        outside = int((col < low).sum()) if low is not None else 0
+        outside += int((col > high).sum()) if high is not None else 0
+        if outside:
+            raise ValueError(
+                f"{outside} training rows have '{name}' outside its bounds [{low}, {high}]"
+            )
     x, groups = data.values, group_codes(data.entities, len(data.values))
     if cfg.folds > 1:
         train, val, _ = time_split(len(x), cfg.validation_fraction, 0.0)
@@ -243,6 +254,7 @@ def build_bundle(
         },
         score_reference=reference_edges(cal_scores),
         behaviour=behaviour,
+        bounds=bounds or None,
         model_sha256=hashlib.sha256(model_bytes).hexdigest(),
         libraries=_libraries(),
         golden=Golden(inputs=golden_x.tolist(), scores=[0.0] * len(golden_x)),

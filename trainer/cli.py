@@ -19,6 +19,20 @@ from trainer.retrain import Gate
 __all__ = ["main"]
 
 
+def _bounds(s: str) -> dict[str, tuple[float | None, float | None]]:
+    out: dict[str, tuple[float | None, float | None]] = {}
+    for part in _csv_list(s):
+        name, sep, rng = part.partition("=")
+        low, colon, high = rng.partition(":")
+        if not (sep and colon and name):
+            raise argparse.ArgumentTypeError(f"'{part}': expected NAME=LOW:HIGH (amount=0:)")
+        try:
+            out[name] = (float(low) if low else None, float(high) if high else None)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{part}': bounds must be numbers") from None
+    return out
+
+
 def _csv_list(s: str) -> list[str]:
     return [p.strip() for p in s.split(",") if p.strip()]
 
@@ -99,6 +113,13 @@ def _parser() -> argparse.ArgumentParser:
         help="per-entity behaviour features to derive (detector/behaviour.py: counts and means "
         "over decayed 1/7/30-day windows per card or terminal, time since previous, hour of "
         "day); the detector derives them the same way from the stream. Needs --time-column",
+    )
+    f.add_argument(
+        "--bounds",
+        type=_bounds,
+        metavar="NAME=LOW:HIGH,...",
+        help="valid ranges of payload features, either end open (amount=0: means amount >= 0); "
+        "the detector dead-letters a message outside them as out_of_range",
     )
     f.add_argument(
         "--time-column",
@@ -288,7 +309,9 @@ def _fit(a: argparse.Namespace) -> int:
         from trainer.behaviour import with_behaviour
 
         ds = with_behaviour(ds, spec, a.time_column)
-    bundle = build_bundle(ds, cfg, a.out, progress=not a.no_progress, behaviour=spec)
+    bundle = build_bundle(
+        ds, cfg, a.out, progress=not a.no_progress, behaviour=spec, bounds=a.bounds
+    )
     m = bundle.manifest
     print(
         json.dumps(

@@ -57,6 +57,7 @@ def test_round_trip_and_self_test(bundle_dir: Path) -> None:
         ),
         (lambda p: _edit_manifest(p, features=[f"f{i}" for i in range(200_000)]), "features"),
         (lambda p: _edit_manifest(p, unexpected=1), "unexpected"),
+        (lambda p: _edit_manifest(p, bounds={"nope": [0, None]}), "not a payload feature"),
         (  # behaviour features the model does not take
             lambda p: _edit_manifest(p, behaviour={"entities": [{"entity": "card"}]}),
             "behaviour features",

@@ -147,3 +147,12 @@ def test_an_entity_field_cannot_be_a_feature() -> None:
 
     with pytest.raises(ConfigError, match="entity"):
         Mapping(features=("amount", "card"), entities=("card",))
+
+
+def test_values_outside_declared_bounds_are_dead_lettered() -> None:
+    inf = float("inf")
+    m = Mapping(features=("amount", "b"), bounds=((0.0, inf), (-1.0, 1.0)))
+    d = decode_batch([msg(amount=3, b=0), msg(amount=-0.01, b=0), msg(amount=1, b=2)], m)
+    np.testing.assert_array_equal(d.index, [0])
+    assert [(r.index, r.reason) for r in d.rejects] == [(1, "out_of_range"), (2, "out_of_range")]
+    assert "'amount' = -0.01" in d.rejects[0].detail

@@ -66,6 +66,7 @@ mappings = st.sampled_from(
         Mapping(features=FEATURES, features_at="field", features_field="a"),
         Mapping(features=FEATURES, key_field="x", time_field="ts"),
         Mapping(features=FEATURES, key_field="x", entities=("x", "ü")),
+        Mapping(features=FEATURES, bounds=((0.0, float("inf")), (-1e3, 1e3), (-1.0, 1.0))),
     ]
 )
 

@@ -66,7 +66,12 @@ def test_fraud_stream_scores_like_offline_and_dead_letters_bad_transactions(
     ds = data.load([str(path)], features=["amount"], aside=["card_id", "terminal_id", "ts"])
     ds = with_behaviour(ds, spec, "ts")
     bundle = build_bundle(
-        ds, TrainConfig(epochs=8, folds=0, name="fraud"), tmp_path / "fraud", False, spec
+        ds,
+        TrainConfig(epochs=8, folds=0, name="fraud"),
+        tmp_path / "fraud",
+        False,
+        spec,
+        bounds={"amount": (0.0, None)},
     )
     assert bundle.manifest.behaviour == spec
 
@@ -88,6 +93,10 @@ def test_fraud_stream_scores_like_offline_and_dead_letters_bad_transactions(
     bad = [
         (b"C-none", orjson.dumps({"terminal_id": "T00001", "amount": 10.0, "ts": 1})),
         (b"C00001", orjson.dumps({"card_id": "C00001", "terminal_id": "T1", "amount": "abc"})),
+        (
+            b"C00002",
+            orjson.dumps({"card_id": "C00002", "terminal_id": "T1", "amount": -5.0, "ts": 1}),
+        ),
     ]
     topic = make_topic("fraud", partitions=1)  # one partition: the order the offline pass sees
     half = len(records) // 2
@@ -113,10 +122,10 @@ def test_fraud_stream_scores_like_offline_and_dead_letters_bad_transactions(
 
     dlq = read_all(kafka_bootstrap, f"{topic}.dlq")
     reasons = sorted(dict(r.headers)["vigil.reason"].decode() for r in dlq)
-    assert reasons == ["bad_key", "wrong_type"], reasons
+    assert reasons == ["bad_key", "out_of_range", "wrong_type"], reasons
 
     # The daemon's scores equal one offline pass over the same sequence of transactions.
-    good_offsets = [o for _, o in positions[:100] + positions[102:]]
+    good_offsets = [o for _, o in positions[:100] + positions[100 + len(bad) :]]
     online = {
         (s := orjson.loads(r.value))["source"]["offset"]: s["score"]
         for r in read_all(kafka_bootstrap, f"{topic}.scores")
