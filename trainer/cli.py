@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -208,6 +208,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="COL",
         help="windowed models: the column naming each row's entity (default: one entity)",
     )
+    e.add_argument(
+        "--time-column",
+        metavar="COL",
+        help="each row's event time: needed by models with behaviour features and by --card-column",
+    )
+    e.add_argument(
+        "--card-column",
+        metavar="COL",
+        help="payments: also report the fraud metrics practitioners use, ROC-AUC, average "
+        "precision and card precision@k per day (needs --time-column)",
+    )
+    e.add_argument("--k", type=int, default=100, help="cards a day an analyst checks (CP@k)")
     _add_input_options(e)
 
     p = sub.add_parser("publish", help="copy a bundle into a model registry and make it current")
@@ -349,13 +361,30 @@ def _evaluate(a: argparse.Namespace) -> int:
         sep=a.sep,
         transpose=a.transpose,
         drop_bad_rows=a.drop_bad_rows,
-        keep=[a.label_column],
+        keep=[a.label_column, *([a.card_column, a.time_column] if a.card_column else [])],
         entity_column=a.entity_column,
         threshold=a.threshold,
+        time_column=a.time_column,
     )
-    labels = np.asarray(res.table.extra[a.label_column]).astype(float) > 0  # type: ignore[index]
+    extra_cols = res.table.extra or {}
+    labels = np.asarray(extra_cols[a.label_column]).astype(float) > 0
     scored = ~res.warmup  # rows in their entity's warm-up have no score: not counted
     metrics = detection_metrics(labels[scored], res.scores.score[scored], res.threshold)
+    if a.card_column:
+        from detector.behaviour import epoch_ms
+        from trainer.fraud_metrics import fraud_metrics
+
+        if not a.time_column:
+            raise ValueError("--card-column needs --time-column (card precision is per day)")
+        days = epoch_ms(extra_cols[a.time_column], a.time_column) // 86_400_000
+        fm = fraud_metrics(
+            days[scored],
+            extra_cols[a.card_column][scored],
+            res.scores.score[scored],
+            labels[scored],
+            a.k,
+        )
+        metrics |= {"fraud": asdict(fm)}
     plot = a.plot or Path(f"{a.data}.timeline.png")
     plot.write_bytes(
         timeline_plot(res.scores.score, labels, res.threshold, f"{a.model.name} on {a.data}")

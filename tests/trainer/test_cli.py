@@ -155,3 +155,56 @@ def test_synth_command_writes_labelled_telemetry(tmp_path: Path) -> None:
     assert t.num_rows == 200 and {"entity", "label", "fault", *FEATURES_SYNTH} <= set(
         t.column_names
     )
+
+
+def test_payments_fit_with_behaviour_then_score_and_evaluate_with_fraud_metrics(
+    tmp_path: Path,
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from trainer.transactions import card_key, simulate, terminal_key
+
+    t = simulate(n_customers=150, n_terminals=300, days=30, seed=2)
+    cols = {
+        "ts": t.tx_time_ms,
+        "card_id": [card_key(c) for c in t.customer_id],
+        "terminal_id": [terminal_key(x) for x in t.terminal_id],
+        "amount": t.tx_amount,
+        "fraud": t.tx_fraud,
+    }
+    table = pa.table(cols)
+    legit = table.filter(pa.array(t.tx_fraud == 0))
+    pq.write_table(legit.drop(["fraud"]), tmp_path / "legit.parquet")
+    pq.write_table(table, tmp_path / "all.parquet")
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        json.dumps({"entities": [{"entity": "card_id", "mean_of": "amount", "log_counts": True}]})
+    )
+    b = tmp_path / "payments"
+    run(
+        "trainer", "fit", "--data", str(tmp_path / "legit.parquet"), "--features", "amount",
+        "--behaviour", str(spec), "--time-column", "ts", "--bounds", "amount=0:",
+        "--out", str(b), "--epochs", "3", "--no-progress",
+    )  # fmt: skip
+    m = json.loads((b / "manifest.json").read_text())
+    assert m["features"][:2] == ["amount", "card_id.log_count_1d"]
+    assert m["bounds"] == {"amount": [0.0, None]}
+
+    missing = run(
+        "detector", "score", "--model", str(b), "--data", str(tmp_path / "all.parquet"),
+        "--out", str(tmp_path / "s.csv"), ok=False,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "--time-column" in missing.stderr
+
+    ev = json.loads(
+        run(
+            "trainer", "evaluate", "--model", str(b), "--data", str(tmp_path / "all.parquet"),
+            "--label-column", "fraud", "--time-column", "ts", "--card-column", "card_id",
+            "--plot", str(tmp_path / "t.png"),
+        ).stdout
+    )  # fmt: skip
+    fraud = ev["fraud"]
+    assert fraud["n"] == len(t.tx_fraud) and fraud["n_fraud"] == int(t.tx_fraud.sum())
+    assert fraud["average_precision"] > t.tx_fraud.mean()  # better than a random ranking
+    assert 0 <= fraud["card_precision_at_k"] <= 1 and fraud["k"] == 100
