@@ -45,7 +45,9 @@ def test_join_and_leave_under_load_loses_nothing(
 ) -> None:
     topic = make_topic(f"rebal-{leave}", partitions=4)
     group = f"g-rebal-{leave}"
-    records, x, _ = telemetry(9000, seed=17, fault_rate=0.02)  # 36,000 messages, ~15 s
+    # 48,000 messages, ~19 s: room for a join, a rebalance kafka-python may take 3 s over, and
+    # a 6 s session timeout after SIGKILL, all while the stream still flows
+    records, x, _ = telemetry(12000, seed=17, fault_rate=0.02)
     scores = {"topics__scores": f"{topic}.scores"}
     a = start_detector(tmp_path, kafka_bootstrap, bundle_dir, topic, group, **scores)
     positions: list[tuple[int, int]] = []
