@@ -56,11 +56,12 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from detector.decode import epoch_ms
+
 __all__ = [
     "BehaviourSpec",
     "BehaviourState",
     "EntityBehaviour",
-    "epoch_ms",
     "offline_features",
     "with_derived",
 ]
@@ -499,27 +500,6 @@ def offline_features(
     return out
 
 
-def epoch_ms(column: np.ndarray, name: str) -> np.ndarray:
-    """A file's time column to float64 epoch ms: epoch seconds or milliseconds (told apart by
-    magnitude, as the stream decoder does) or ISO 8601 strings. ValueError names the column."""
-    from datetime import datetime
-
-    try:
-        t = column.astype(np.float64)
-        return np.where(np.abs(t) > 1e11, t, t * 1000.0)
-    except (TypeError, ValueError):
-        pass
-    try:
-        return np.array(
-            [
-                datetime.fromisoformat(str(v).replace("Z", "+00:00")).timestamp() * 1e3
-                for v in column
-            ]
-        )
-    except ValueError as e:
-        raise ValueError(f"time column '{name}': {e}") from None
-
-
 def with_derived(
     spec: BehaviourSpec,
     names: Sequence[str],
@@ -537,5 +517,9 @@ def with_derived(
         raise ValueError(f"behaviour averages {unread}, which are not among the features")
     keys = {e.entity: [str(v) for v in columns[e.entity]] for e in spec.entities}
     values = {f: x[:, list(names).index(f)].astype(np.float64) for f in spec.fields()}
-    derived = offline_features(spec, keys, epoch_ms(columns[time_column], time_column), values)
+    try:
+        times = epoch_ms(columns[time_column])
+    except ValueError as e:
+        raise ValueError(f"time column '{time_column}': {e}") from None
+    derived = offline_features(spec, keys, times, values)
     return [*names, *spec.names()], np.concatenate([x, derived.astype(x.dtype)], axis=1)

@@ -23,7 +23,16 @@ import orjson
 
 from detector.errors import ConfigError
 
-__all__ = ["REASONS", "Decoded", "Mapping", "Reject", "decode_batch", "entity_key", "event_times"]
+__all__ = [
+    "REASONS",
+    "Decoded",
+    "Mapping",
+    "Reject",
+    "decode_batch",
+    "entity_key",
+    "epoch_ms",
+    "event_times",
+]
 
 # Every reason a message can be dead-lettered for; a bounded label set for metrics.
 REASONS = (
@@ -149,6 +158,19 @@ def _time_ms(v: Any) -> float:
         except ValueError:
             pass
     raise _Bad("bad_time", f"event time {str(v)[:40]!r} is not epoch seconds/ms or ISO 8601")
+
+
+def epoch_ms(values: Sequence[Any] | np.ndarray) -> np.ndarray:
+    """Event times to float64 epoch ms, vectorised: epoch seconds or milliseconds (told apart
+    by magnitude) or ISO 8601 strings, as `_time_ms` reads one. ValueError for a bad one."""
+    try:
+        t = np.asarray(values, dtype=np.float64)
+        return np.where(np.abs(t) > 1e11, t, t * 1000.0)
+    except (TypeError, ValueError):  # ISO 8601 strings among the numbers
+        try:
+            return np.array(list(map(_time_ms, values)), dtype=np.float64)
+        except _Bad as b:
+            raise ValueError(b.detail) from None
 
 
 def _key(v: Any) -> str:
@@ -285,17 +307,12 @@ def _decode_all(values: Sequence[bytes | None], m: Mapping, s: _Schema) -> Decod
         keys = list(map(str, map(s.key, docs)))  # str(str) is the same object
     times = None
     if s.time is not None:
-        raw = list(map(s.time, docs))
         try:
-            times = np.array(raw, dtype=np.float64)
-            times = np.where(np.abs(times) > 1e11, times, times * 1000.0)
-            if not np.isfinite(times).all():
-                return None
-        except ValueError:  # ISO 8601 strings among the numbers
-            try:
-                times = np.array(list(map(_time_ms, raw)), dtype=np.float64)
-            except _Bad:
-                return None
+            times = epoch_ms(list(map(s.time, docs)))
+        except ValueError:
+            return None
+        if not np.isfinite(times).all():
+            return None
     entities = None
     if m.entities:
         entities = {

@@ -371,12 +371,12 @@ def _evaluate(a: argparse.Namespace) -> int:
     scored = ~res.warmup  # rows in their entity's warm-up have no score: not counted
     metrics = detection_metrics(labels[scored], res.scores.score[scored], res.threshold)
     if a.card_column:
-        from detector.behaviour import epoch_ms
+        from detector.decode import epoch_ms
         from trainer.fraud_metrics import fraud_metrics
 
         if not a.time_column:
             raise ValueError("--card-column needs --time-column (card precision is per day)")
-        days = epoch_ms(extra_cols[a.time_column], a.time_column) // 86_400_000
+        days = epoch_ms(extra_cols[a.time_column]) // 86_400_000
         fm = fraud_metrics(
             days[scored],
             extra_cols[a.card_column][scored],
