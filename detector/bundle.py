@@ -16,12 +16,14 @@ import os
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from detector.behaviour import BehaviourSpec
+from detector.categorical import Categorical, Encoder
 from detector.errors import BundleError
 
 __all__ = [
@@ -137,6 +139,9 @@ class Manifest(_Frozen):
     # Declared valid ranges of payload features (`fit --bounds amount=0:`): the detector
     # dead-letters a message outside them as out_of_range. None for an open end.
     bounds: dict[str, tuple[float | None, float | None]] | None = None
+    # Categorical payload features and their codes (detector/categorical.py): the message
+    # carries the raw value, the model's input its code.
+    categorical: dict[str, Categorical] | None = None
     model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     libraries: dict[str, str]
     golden: Golden
@@ -191,6 +196,15 @@ class Manifest(_Frozen):
                 raise ValueError(f"entity fields {sorted(clash)} cannot be model features")
             if unread := set(self.behaviour.fields()) - set(self.payload_features):
                 raise ValueError(f"behaviour reads {sorted(unread)}: add them to the features")
+            if averaged := set(self.behaviour.fields()) & set(self.categorical or {}):
+                raise ValueError(f"behaviour averages categorical features {sorted(averaged)}")
+        for name in self.categorical or {}:
+            if name not in self.payload_features:
+                raise ValueError(f"categorical '{name}' is not a payload feature")
+            if name in (self.bounds or {}):
+                raise ValueError(f"categorical '{name}' cannot have numeric bounds")
+        if self.categorical and self.window != 1:
+            raise ValueError("categorical features are for single-row models (window 1)")
         for name, (low, high) in (self.bounds or {}).items():
             if name not in self.payload_features:
                 raise ValueError(f"bounds name '{name}', which is not a payload feature")
@@ -217,6 +231,12 @@ class Bundle:
     @property
     def label(self) -> str:
         return f"{self.manifest.name}:{self.manifest.version}"
+
+    @cached_property
+    def encoders(self) -> tuple[Encoder, ...]:
+        """The categorical features' encoders, in feature order; built once per bundle."""
+        cats = self.manifest.categorical or {}
+        return tuple(Encoder(f, cats[f]) for f in self.manifest.features if f in cats)
 
 
 def sha256_file(path: Path) -> str:

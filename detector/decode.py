@@ -21,6 +21,7 @@ import msgspec
 import numpy as np
 import orjson
 
+from detector.categorical import Encoder
 from detector.errors import ConfigError
 
 __all__ = [
@@ -64,10 +65,19 @@ class Mapping:
     # (low, high) per feature, in `features` order, from the manifest's declared bounds;
     # a value outside is dead-lettered as out_of_range. None: no bounds.
     bounds: tuple[tuple[float, float], ...] | None = None
+    # Categorical features among `features` (string or integer values), coded on the way in.
+    categorical: tuple[Encoder, ...] = ()
 
     def __post_init__(self) -> None:
         if self.bounds is not None and len(self.bounds) != len(self.features):
             raise ConfigError(f"bounds: {len(self.bounds)} for {len(self.features)} features")
+        if unknown := {e.name for e in self.categorical} - set(self.features):
+            raise ConfigError(f"categorical feature(s) {sorted(unknown)} are not features")
+        if self.categorical and self.features_at == "array":
+            raise ConfigError(
+                "categorical features need named fields: payload.features_at 'array' holds "
+                "numbers only"
+            )
         own = [f for f in (self.key_field, self.time_field, self.features_field) if f]
         if len(set(own)) < len(own):
             raise ConfigError(
@@ -87,6 +97,11 @@ class Mapping:
                 "message is a bare JSON array: it has no key or time field to read"
             )
 
+    @functools.cached_property
+    def numeric(self) -> tuple[str, ...]:
+        cats = {e.name for e in self.categorical}
+        return tuple(f for f in self.features if f not in cats)
+
 
 @dataclass(frozen=True)
 class Reject:
@@ -103,6 +118,7 @@ class Decoded:
     times_ms: np.ndarray | None  # [M] float64 epoch ms when the time comes from a field
     rejects: list[Reject]
     entities: dict[str, list[str]] | None = None  # [M] per entity field of the mapping
+    categories: dict[str, list[str]] | None = None  # [M] raw text per categorical feature
 
 
 class _Bad(Exception):
@@ -140,7 +156,15 @@ def _row_slow(doc: Any, m: Mapping) -> list[float]:
             raise _Bad("missing_feature", f"missing feature(s) {missing[:5]}{more}")
         values = [doc[f] for f in m.features]
         names = m.features
+    categorical = {e.name for e in m.categorical}
     for name, v in zip(names, values, strict=True):
+        if name in categorical:
+            if type(v) is bool or not isinstance(v, str | int):
+                raise _Bad(
+                    "wrong_type",
+                    f"categorical feature '{name}' is {type(v).__name__}, not a string or integer",
+                )
+            continue
         if type(v) is bool or not isinstance(v, int | float):
             raise _Bad("wrong_type", f"feature '{name}' is {type(v).__name__}, not a number")
         if not math.isfinite(v) or abs(v) > _FLOAT32_MAX:
@@ -200,10 +224,10 @@ def decode_batch(values: Sequence[bytes | None], m: Mapping) -> Decoded:
         else:
             rows.append(got)
             index.append(i)
-    n = len(m.features)
-    x = np.array([r[0] for r in rows], dtype=np.float64).reshape(len(rows), n)
+    numeric = np.array([r[0] for r in rows], dtype=np.float64).reshape(len(rows), len(m.numeric))
+    x, categories = _assemble(numeric, [r[4] for r in rows], m)
     return Decoded(
-        x=x.astype(np.float32),
+        x=x,
         index=np.asarray(index, dtype=np.int64),
         keys=[r[1] for r in rows] if m.key_field else None,  # type: ignore[misc]
         times_ms=np.array([r[2] for r in rows], dtype=np.float64) if m.time_field else None,
@@ -211,12 +235,30 @@ def decode_batch(values: Sequence[bytes | None], m: Mapping) -> Decoded:
         entities={e: [r[3][i] for r in rows] for i, e in enumerate(m.entities)}
         if m.entities
         else None,
+        categories=categories,
     )
 
 
-# One message's features, entity key, event time in ms (None where not in the payload) and
-# the values of the mapping's entity fields.
-_Row = tuple[Sequence[float], str | None, float | None, tuple[str, ...]]
+# One message's numeric features, entity key, event time in ms (None where not in the
+# payload), the values of the mapping's entity fields and its categorical values as text.
+_Row = tuple[Sequence[float], str | None, float | None, tuple[str, ...], tuple[str, ...]]
+
+
+def _assemble(
+    numeric: np.ndarray, categorical: Sequence[Sequence[str | int]], m: Mapping
+) -> tuple[np.ndarray, dict[str, list[str]] | None]:
+    """The float32 rows in feature order: numeric values, and the categorical features'
+    codes; plus the categorical values as text (for events)."""
+    if not m.categorical:
+        return numeric.astype(np.float32), None
+    x = np.empty((len(numeric), len(m.features)), dtype=np.float32)
+    x[:, [m.features.index(f) for f in m.numeric]] = numeric
+    columns = list(zip(*categorical, strict=True)) or [()] * len(m.categorical)
+    text = {}
+    for enc, col in zip(m.categorical, columns, strict=True):
+        text[enc.name] = list(map(str, col))  # str(str) is the same object
+        x[:, m.features.index(enc.name)] = enc.encode(text[enc.name])
+    return x, text
 
 
 @dataclass(frozen=True)
@@ -225,26 +267,28 @@ class _Schema:
     string, null or boolean where a number belongs, without building a dict per message."""
 
     decoder: msgspec.json.Decoder[Any]
-    features: Callable[[Any], Sequence[float]]  # a decoded message to its feature values
+    features: Callable[[Any], Sequence[float]]  # a decoded message to its numeric features
     key: Callable[[Any], str | int] | None
     time: Callable[[Any], float | str] | None
     entities: tuple[Callable[[Any], str | int], ...] = ()
+    # a decoded message to its categorical values, in `Mapping.categorical` order
+    categories: Callable[[Any], Sequence[str | int]] | None = None
 
 
 @functools.lru_cache(maxsize=16)
 def _schema(m: Mapping) -> _Schema:
     n = len(m.features)
+    # Numeric feature fields first, then the categorical ones (strings or integers).
+    names = [*m.numeric, *(e.name for e in m.categorical)]
+    feature_fields: list[tuple[str, Any]] = [(f"f{i}", float) for i in range(len(m.numeric))]
+    feature_fields += [(f"c{j}", str | int) for j in range(len(m.categorical))]
+    feature_rename = {field: name for (field, _), name in zip(feature_fields, names, strict=True)}
     if m.features_at == "array":
         inner: Any = Annotated[list[float], msgspec.Meta(min_length=n, max_length=n)]
         if not m.features_field:
             return _Schema(msgspec.json.Decoder(inner), lambda doc: doc, None, None)
     else:
-        inner = msgspec.defstruct(
-            "Features",
-            [(f"f{i}", float) for i in range(n)],
-            rename={f"f{i}": name for i, name in enumerate(m.features)},
-            gc=False,
-        )
+        inner = msgspec.defstruct("Features", feature_fields, rename=feature_rename, gc=False)
     fields: list[tuple[str, Any]] = []
     rename: dict[str, str] = {}
     if m.key_field:
@@ -265,26 +309,40 @@ def _schema(m: Mapping) -> _Schema:
         fields.append(("features", inner))
         rename["features"] = m.features_field
     elif fields:  # features at the top level, beside the key and time
-        fields += [(f"f{i}", float) for i in range(n)]
-        rename |= {f"f{i}": name for i, name in enumerate(m.features)}
+        fields += feature_fields
+        rename |= feature_rename
     else:
-        return _Schema(msgspec.json.Decoder(inner), msgspec.structs.astuple, None, None)
+        features, categories = _split(msgspec.structs.astuple, 0, len(m.numeric), m)
+        return _Schema(msgspec.json.Decoder(inner), features, None, None, (), categories)
     outer = msgspec.defstruct("Message", fields, rename=rename, gc=False)
+    categories = None
     if m.features_at == "array":
         features: Callable[[Any], Sequence[float]] = operator.attrgetter("features")
     elif m.features_field:
         get = operator.attrgetter("features")
-        features = lambda doc: msgspec.structs.astuple(get(doc))  # noqa: E731
+        features, categories = _split(
+            lambda doc: msgspec.structs.astuple(get(doc)), 0, len(m.numeric), m
+        )
     else:
-        skip = len(fields) - n
-        features = lambda doc: msgspec.structs.astuple(doc)[skip:]  # noqa: E731
+        features, categories = _split(msgspec.structs.astuple, len(fields) - n, len(m.numeric), m)
     return _Schema(
         msgspec.json.Decoder(outer),
         features,
         operator.attrgetter("key") if m.key_field else None,
         operator.attrgetter("time") if m.time_field else None,
         tuple(entity_of),
+        categories,
     )
+
+
+def _split(
+    astuple: Callable[[Any], tuple[Any, ...]], skip: int, k: int, m: Mapping
+) -> tuple[Callable[[Any], Sequence[float]], Callable[[Any], Sequence[str | int]] | None]:
+    """Getters of a message's numeric features and of its categorical values, from the
+    field tuple where the features start at `skip`, the k numeric ones first."""
+    if not m.categorical:
+        return (lambda doc: astuple(doc)[skip:]) if skip else astuple, None
+    return (lambda doc: astuple(doc)[skip : skip + k]), (lambda doc: astuple(doc)[skip + k :])
 
 
 def _decode_all(values: Sequence[bytes | None], m: Mapping, s: _Schema) -> Decoded | None:
@@ -293,11 +351,13 @@ def _decode_all(values: Sequence[bytes | None], m: Mapping, s: _Schema) -> Decod
         if not values or min(map(len, values)) == 0 or max(map(len, values)) > m.max_bytes:  # type: ignore[arg-type]
             return None
         docs = list(map(s.decoder.decode, values))  # type: ignore[arg-type]
-        x = np.array(list(map(s.features, docs)), dtype=np.float64)
+        numeric = np.array(list(map(s.features, docs)), dtype=np.float64)
     except (msgspec.MsgspecError, ValueError, TypeError):  # TypeError: a None value
         return None
-    if not (np.isfinite(x).all() and (np.abs(x) <= _FLOAT32_MAX).all()):
+    numeric = numeric.reshape(len(docs), len(m.numeric))
+    if not (np.isfinite(numeric).all() and (np.abs(numeric) <= _FLOAT32_MAX).all()):
         return None
+    x, categories = _assemble(numeric, list(map(s.categories, docs)) if s.categories else [], m)
     if m.bounds is not None:
         low, high = np.array(m.bounds).T
         if ((x < low) | (x > high)).any():
@@ -319,12 +379,13 @@ def _decode_all(values: Sequence[bytes | None], m: Mapping, s: _Schema) -> Decod
             e: list(map(str, map(get, docs))) for e, get in zip(m.entities, s.entities, strict=True)
         }
     return Decoded(
-        x=x.astype(np.float32),
+        x=x,
         index=np.arange(len(values), dtype=np.int64),
         keys=keys,
         times_ms=times,
         rejects=[],
         entities=entities,
+        categories=categories,
     )
 
 
@@ -339,10 +400,12 @@ def _decode_one(v: bytes | None, m: Mapping, s: _Schema) -> _Row | _Bad:
     except msgspec.MsgspecError as e:
         return _diagnose(v, m, e)
     values = s.features(doc)
-    for name, value in zip(m.features, values, strict=True):
+    for name, value in zip(m.numeric, values, strict=True):
         if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
             return _Bad("not_finite", f"feature '{name}' = {value!r} is not a finite float32")
-    for name, value, (low, high) in zip(m.features, values, m.bounds or (), strict=False):
+    low_high = dict(zip(m.features, m.bounds or (), strict=False))
+    for name, value in zip(m.numeric, values, strict=True):
+        low, high = low_high.get(name, (-math.inf, math.inf))
         if not low <= value <= high:
             return _Bad("out_of_range", f"feature '{name}' = {value!r} is outside [{low}, {high}]")
     try:
@@ -350,7 +413,8 @@ def _decode_one(v: bytes | None, m: Mapping, s: _Schema) -> _Row | _Bad:
         time_ms = _time_ms(s.time(doc)) if s.time is not None else None
     except _Bad as b:
         return b
-    return values, key, time_ms, tuple(str(get(doc)) for get in s.entities)
+    categories = tuple(map(str, s.categories(doc))) if s.categories else ()
+    return values, key, time_ms, tuple(str(get(doc)) for get in s.entities), categories
 
 
 def _diagnose(v: bytes, m: Mapping, e: msgspec.MsgspecError) -> _Bad:

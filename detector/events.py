@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from detector.categorical import Categorical
+
 __all__ = [
     "CONTENT_TYPE",
     "EVENT_SCHEMA_VERSION",
@@ -83,7 +85,10 @@ def make_event(
     top_share: np.ndarray,
     episode: dict[str, object] | None = None,
     entities: dict[str, str] | None = None,
+    categorical: dict[str, tuple[str, Categorical]] | None = None,
 ) -> dict[str, object]:
+    """`categorical`: each categorical feature's observed text and coding, so that its top
+    feature entry names values instead of codes."""
     event = {
         "schema_version": EVENT_SCHEMA_VERSION,
         "event_id": event_id(src),
@@ -96,12 +101,7 @@ def make_event(
         "threshold": float(threshold),
         "severity": float(score / threshold),
         "top_features": [
-            {
-                "name": features[j],
-                "value": float(observed[j]),
-                "expected": float(expected[j]),
-                "share": round(float(s), 6),
-            }
+            _contribution(features[j], observed[j], expected[j], s, categorical)
             for j, s in zip(top_index, top_share, strict=True)
         ],
     }
@@ -110,6 +110,30 @@ def make_event(
     if episode is not None:
         event["episode"] = episode
     return event
+
+
+def _contribution(
+    name: str,
+    observed: float,
+    expected: float,
+    share: float,
+    categorical: dict[str, tuple[str, Categorical]] | None,
+) -> dict[str, object]:
+    if categorical and name in categorical:
+        text, coding = categorical[name]
+        return {
+            "name": name,
+            "value": text,
+            "expected": coding.label(int(expected)),
+            "share": round(float(share), 6),
+            "categorical": True,
+        }
+    return {
+        "name": name,
+        "value": float(observed),
+        "expected": float(expected),
+        "share": round(float(share), 6),
+    }
 
 
 def make_score_record(

@@ -71,6 +71,7 @@ def score_file(
             sep=sep,
             transpose=transpose,
             drop_bad_rows=drop_bad_rows,
+            categorical=scorer.bundle.encoders,
         )
     except DataError as e:
         if "unknown column" not in str(e):

@@ -13,6 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from detector.bundle import Bundle, load_bundle
 from detector.decode import Mapping, decode_batch
@@ -20,22 +21,28 @@ from detector.errors import BundleError, ConfigError
 from detector.registry import is_model_dir, read_current
 from detector.scorer import Provider, Scorer
 
-__all__ = ["ModelWatcher", "check_compatible", "mapping_with"]
+__all__ = ["ModelWatcher", "check_compatible", "mapping_with", "model_fields"]
 
 log = logging.getLogger(__name__)
+
+
+def model_fields(bundle: Bundle) -> dict[str, Any]:
+    """What a payload mapping takes from the model: its payload features, entity fields,
+    bounds and categorical encoders."""
+    b = bundle.manifest.behaviour
+    return {
+        "features": tuple(bundle.manifest.payload_features),
+        "entities": tuple(e.entity for e in b.entities) if b is not None else (),
+        "bounds": bundle.manifest.payload_bounds(),
+        "categorical": bundle.encoders,
+    }
 
 
 def mapping_with(mapping: Mapping, bundle: Bundle) -> Mapping:
     """The same payload mapping, for another model's features."""
     from dataclasses import replace
 
-    b = bundle.manifest.behaviour
-    return replace(
-        mapping,
-        features=tuple(bundle.manifest.payload_features),
-        entities=tuple(e.entity for e in b.entities) if b is not None else (),
-        bounds=bundle.manifest.payload_bounds(),
-    )
+    return replace(mapping, **model_fields(bundle))
 
 
 def check_compatible(live: Mapping, candidate: Bundle, recent: list[bytes | None]) -> None:

@@ -51,7 +51,7 @@ from detector.kafka import (
 from detector.metrics import Metrics, Reference
 from detector.notify import Notifier
 from detector.registry import resolve
-from detector.reload import ModelWatcher, mapping_with
+from detector.reload import ModelWatcher, mapping_with, model_fields
 from detector.scorer import Decisions, Scorer, Scores, decide
 from detector.settings import Settings
 from detector.state import EntityState
@@ -78,11 +78,8 @@ def reference_of(scorer: Scorer, threshold: float) -> Reference:
 
 def mapping_for(settings: Settings, bundle: Bundle) -> Mapping:
     p = settings.payload
-    b = bundle.manifest.behaviour
     return Mapping(
-        features=tuple(bundle.manifest.payload_features),
-        entities=tuple(e.entity for e in b.entities) if b is not None else (),
-        bounds=bundle.manifest.payload_bounds(),
+        **model_fields(bundle),
         features_at=p.features_at,
         features_field=p.features_field,
         key_field=p.key_field if p.key_from == "field" else None,
@@ -135,6 +132,12 @@ class Detector:
             if missing:
                 raise ConfigError(
                     f"the shadow model's features differ from the live model's: {sorted(missing)[:5]}"
+                )
+            live = self.scorer.bundle.manifest.categorical or {}
+            if numeric := set(shadow.bundle.manifest.categorical or {}) - set(live):
+                raise ConfigError(
+                    f"the shadow model reads {sorted(numeric)} as categorical, the live model "
+                    "as numbers: shadow-score a model with the same kinds of features"
                 )
             sm = shadow.bundle.manifest
             metrics.shadow_info.labels(sm.name, sm.version).set(1)
@@ -237,7 +240,7 @@ class Detector:
         self.metrics.inference.observe(time.perf_counter() - t0)
         decisions = decide(scores, self.threshold, self.settings.model.top_features)
         if self.shadow is not None:
-            self._score_shadow(inputs)
+            self._score_shadow(inputs, decoded)
         if self.watcher is not None:
             self.watcher.observe(values)
         outgoing = self._outgoing(batch, decoded, scores, decisions, event_ms)
@@ -368,10 +371,16 @@ class Detector:
         self.metrics.entities.set(len(self.behaviour))
         return replace(decoded, x=x)
 
-    def _score_shadow(self, x: np.ndarray) -> None:
+    def _score_shadow(self, x: np.ndarray, decoded: Decoded) -> None:
         """The candidate scores the same rows; it publishes nothing, only metrics."""
         assert self.shadow is not None
-        s = self.shadow.score(x[..., self._shadow_order]).score
+        x = x[..., self._shadow_order]
+        if self.shadow.bundle.encoders and decoded.categories:  # its own codes, from the text
+            for enc in self.shadow.bundle.encoders:
+                x[:, self.shadow.features.index(enc.name)] = enc.encode(
+                    decoded.categories[enc.name]
+                )
+        s = self.shadow.score(x).score
         self.metrics.shadow_scored.inc(len(s))
         self.metrics.shadow_anomalies.inc(int((s > self.shadow.threshold).sum()))
         self.metrics.shadow_scores.observe_many(s)
@@ -418,6 +427,12 @@ class Detector:
                 top_share=decisions.top_share[j],
                 entities={e: v[j] for e, v in decoded.entities.items()}
                 if decoded.entities
+                else None,
+                categorical={
+                    e.name: (decoded.categories[e.name][j], e.spec)
+                    for e in self.mapping.categorical
+                }
+                if decoded.categories
                 else None,
                 episode={
                     "id": tr.episode_id,

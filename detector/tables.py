@@ -11,14 +11,23 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from detector.categorical import Encoder, as_text
 from detector.errors import DataError
 
-__all__ = ["Table", "column_names_for", "detect_format", "read_table", "select_columns"]
+__all__ = [
+    "Table",
+    "column_names_for",
+    "detect_format",
+    "read_table",
+    "select_columns",
+    "text_columns",
+]
 
 _NUMERIC = (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal)
 
@@ -62,15 +71,61 @@ def _read_arrow(path: Path, fmt: str, sep: str | None) -> pa.Table:
             return pq.read_table(path)
         if fmt == "jsonl":
             return pajson.read_json(path)
-        delimiter = sep or ("\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
-        delimiter = "\t" if delimiter in ("\\t", "tab") else delimiter
         return pacsv.read_csv(
             path,
-            parse_options=pacsv.ParseOptions(delimiter=delimiter),
+            parse_options=_csv_options(path, sep),
             convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
         )
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{path}: cannot be read as {fmt}: {e}") from e
+
+
+def _csv_options(path: Path, sep: str | None) -> Any:
+    import pyarrow.csv as pacsv
+
+    delimiter = sep or ("\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
+    return pacsv.ParseOptions(delimiter="\t" if delimiter in ("\\t", "tab") else delimiter)
+
+
+def text_columns(path: str | os.PathLike[str], sep: str | None = None) -> list[str]:
+    """The columns of a file that hold text, from its schema (CSV: as inferred from its first
+    block): candidates for categorical features. Headerless matrices have none."""
+    p = Path(path)
+    fmt = detect_format(p, sep)
+    if fmt == "whitespace":
+        return []
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            sample = pq.ParquetFile(p).read_row_group(0)
+        elif fmt == "csv":
+            import pyarrow.csv as pacsv
+
+            with pacsv.open_csv(p, parse_options=_csv_options(p, sep)) as reader:
+                sample = pa.Table.from_batches([reader.read_next_batch()])
+        else:
+            sample = _read_arrow(p, fmt, sep)
+    except StopIteration:  # a header and no rows: reading the file says so
+        return []
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{p}: cannot be read as {fmt}: {e}") from e
+    return [
+        f.name
+        for f in sample.schema
+        if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+        and not _mostly_numbers(sample.column(f.name))
+    ]
+
+
+_NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+
+
+def _mostly_numbers(col: pa.ChunkedArray) -> bool:
+    """Whether most values of a text column are numbers: a numeric column with a few bad
+    values, whose error should name them, rather than a categorical one."""
+    looks = pc.match_substring_regex(col.drop_null(), _NUMBER)
+    return len(looks) > 0 and pc.mean(looks.cast(pa.int8())).as_py() >= 0.5
 
 
 def _read_whitespace(path: Path, transpose: bool) -> tuple[list[str], np.ndarray]:
@@ -161,10 +216,12 @@ def read_table(
     sep: str | None = None,
     transpose: bool = False,
     drop_bad_rows: bool = False,
+    categorical: Sequence[Encoder] = (),
 ) -> Table:
     """Read one file into a finite float32 matrix of the chosen feature columns.
 
-    `keep` names extra columns (labels, entity ids) returned raw in `Table.extra`.
+    `keep` names extra columns (labels, entity ids) returned raw in `Table.extra`. The
+    features that `categorical` encoders name are read as text and coded by them.
     Rows with missing, NaN or infinite values are an error naming the first one, or are
     dropped and counted with `drop_bad_rows`.
     """
@@ -175,7 +232,10 @@ def read_table(
         raise DataError(f"{p}: the file is empty")
     fmt = detect_format(p, sep)
     extra: dict[str, np.ndarray] = {}
+    encoders = {e.name: e for e in categorical}
     if fmt == "whitespace":
+        if encoders:
+            raise DataError(f"{p}: a headerless number matrix has no categorical columns")
         names, m = _read_whitespace(p, transpose)
         chosen = select_columns(names, features, drop, str(p))
         idx = [names.index(c) for c in chosen]
@@ -199,7 +259,10 @@ def read_table(
         header_rows = 1 if fmt == "csv" else 0
         values = np.empty((t.num_rows, len(chosen)), dtype=np.float64)
         for j, name in enumerate(chosen):
-            values[:, j] = _to_float(p, t.column(name), name, header_rows)
+            if name in encoders:
+                values[:, j] = encoders[name].encode(as_text(t.column(name).to_pylist()))
+            else:
+                values[:, j] = _to_float(p, t.column(name), name, header_rows)
         del t
     finite = np.isfinite(values)
     dropped = 0

@@ -74,6 +74,7 @@ def cross_fitted_scores(
     cfg: TrainConfig,
     progress: bool,
     entities: np.ndarray | None = None,
+    categorical: dict[int, int] | None = None,
 ) -> np.ndarray:
     """Score every row with a model fitted on the other K-1 time blocks. With windows, the
     rows in their entity's warm-up within a block have no window and are left out."""
@@ -88,7 +89,7 @@ def cross_fitted_scores(
         tr, va, _ = time_split(len(rest), cfg.validation_fraction, 0.0)
         train = Windows.build(x, cfg.window, groups, rest[tr])
         val = Windows.build(x, cfg.window, groups, rest[va])
-        fold = fit(train, val, replace(cfg, seed=cfg.seed + k + 1), progress)
+        fold = fit(train, val, replace(cfg, seed=cfg.seed + k + 1), progress, categorical)
         held_out = Windows.build(x, cfg.window, groups, idx)
         scores.append(_scores(fold.model.scoring(cfg.score), held_out)[0])
         log.info("fold %d/%d: %d held-out windows scored", k + 1, cfg.folds, len(held_out))
@@ -106,7 +107,7 @@ def _libraries() -> dict[str, str]:
     }
 
 
-def _score_text(cfg: TrainConfig) -> str:
+def _score_text(cfg: TrainConfig, categorical: bool = False) -> str:
     units = "min-max scaled units" if cfg.loss == "bce" else "standardised units (z-scores)"
     if cfg.scaling == "whiten":
         units = "ZCA-whitened z-scores (Hotelling's T^2 / features, less what the model explains)"
@@ -128,6 +129,12 @@ def _score_text(cfg: TrainConfig) -> str:
             "mean squared reconstruction error over the values of the newest lag vector of "
             f"each window ({window}): score 'newest', lags {cfg.lags}, in {vectors}. "
             "feature_error: each feature's share, its lags' errors averaged"
+        )
+    if cfg.window == 1 and categorical:
+        return (
+            "mean over features of each numeric feature's squared reconstruction error, in "
+            f"{units}, and each categorical feature's cross-entropy of the value seen, divided "
+            "by the feature's entropy on the training rows"
         )
     if cfg.window == 1:
         return f"mean squared reconstruction error over features, in {units}"
@@ -166,9 +173,11 @@ def build_bundle(
                 f"{outside} training rows have '{name}' outside its bounds [{low}, {high}]"
             )
     x, groups = data.values, group_codes(data.entities, len(data.values))
+    # Columns holding categorical codes, and how many codes each has.
+    codes = {data.names.index(n): c.size for n, c in (data.categorical or {}).items()}
     if cfg.folds > 1:
         train, val, _ = time_split(len(x), cfg.validation_fraction, 0.0)
-        cal_scores = cross_fitted_scores(x, cfg, progress, data.entities)
+        cal_scores = cross_fitted_scores(x, cfg, progress, data.entities, codes)
         cal_rows = len(x)
         cal = val  # golden sample
     else:
@@ -188,7 +197,7 @@ def build_bundle(
                 f"the {part} rows hold no full window of {cfg.window} samples of one entity; "
                 f"raise --{part}-fraction or lower --window"
             )
-    result: FitResult = fit(train_w, val_w, cfg, progress)
+    result: FitResult = fit(train_w, val_w, cfg, progress, codes)
     model = result.model.scoring(cfg.score)
     if cal_scores is None:
         cal_scores = _scores(model, cal_w)[0]
@@ -221,7 +230,7 @@ def build_bundle(
         created_at=created,
         features=data.names,
         window=cfg.window,
-        score=_score_text(cfg),
+        score=_score_text(cfg, bool(codes)),
         threshold=threshold,
         feature_error=error_stats(val_fe),
         training=Training(
@@ -255,6 +264,7 @@ def build_bundle(
         score_reference=reference_edges(cal_scores),
         behaviour=behaviour,
         bounds=bounds or None,
+        categorical=data.categorical,
         model_sha256=hashlib.sha256(model_bytes).hexdigest(),
         libraries=_libraries(),
         golden=Golden(inputs=golden_x.tolist(), scores=[0.0] * len(golden_x)),

@@ -115,6 +115,35 @@ def _parser() -> argparse.ArgumentParser:
         "day); the detector derives them the same way from the stream. Needs --time-column",
     )
     f.add_argument(
+        "--categorical",
+        type=_csv_list,
+        metavar="COL,...",
+        help="categorical columns (text or integer ids): coded by a vocabulary or hashing, "
+        "reconstructed as distributions (cross-entropy). Default: the file's text columns, "
+        "reported; 'none' for none",
+    )
+    f.add_argument(
+        "--min-count",
+        type=int,
+        default=d.min_count,
+        help="categorical values seen fewer times share the reserved 'other' code "
+        "(default %(default)s)",
+    )
+    f.add_argument(
+        "--vocabulary-max",
+        type=int,
+        default=d.vocabulary_max,
+        help="more distinct categorical values than this: feature hashing (default %(default)s)",
+    )
+    f.add_argument("--hash-buckets", type=int, default=d.hash_buckets, help="(default %(default)s)")
+    f.add_argument(
+        "--onehot-max",
+        type=int,
+        default=d.onehot_max,
+        help="categoricals with up to this many codes go in one-hot, larger ones through a "
+        "learned embedding (default %(default)s)",
+    )
+    f.add_argument(
         "--bounds",
         type=_bounds,
         metavar="NAME=LOW:HIGH,...",
@@ -288,6 +317,26 @@ def _config(a: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def _categorical_columns(a: argparse.Namespace, aside: list[str]) -> list[str]:
+    """--categorical as given, or the text columns of the first file that would otherwise
+    be features (reported)."""
+    if a.categorical is not None:
+        return [] if a.categorical == ["none"] else a.categorical
+    from detector.tables import text_columns
+
+    skip = {*aside, *(a.drop or []), a.entity_column}
+    text = [c for c in text_columns(a.data[0], a.sep) if c not in skip]
+    if a.features:
+        text = [c for c in text if c in a.features]
+    if text:
+        print(
+            f"categorical features (text columns): {', '.join(text)}; name them with "
+            "--categorical, or --drop them",
+            file=sys.stderr,
+        )
+    return text
+
+
 def _fit(a: argparse.Namespace) -> int:
     cfg = _config(a)
     cfg.check()  # before loading torch or reading what may be a large file
@@ -303,20 +352,26 @@ def _fit(a: argparse.Namespace) -> int:
             raise ValueError("--behaviour needs --time-column (the event time of each row)")
         spec = load_spec(a.behaviour)
     aside = [*(e.entity for e in spec.entities), a.time_column] if spec is not None else []
+    categorical = _categorical_columns(a, aside)
+    features = [f for f in a.features if f not in categorical] if a.features else None
     ds = data.load(
         a.data,
-        features=a.features,
-        drop=a.drop,
+        features=features,
+        drop=[d for d in a.drop or [] if d not in categorical] or None,
         sep=a.sep,
         transpose=a.transpose,
         drop_bad_rows=a.drop_bad_rows,
         entity_column=a.entity_column,
-        aside=aside,
+        aside=[*aside, *categorical],
     )
     if ds.rows_dropped:
         print(
             f"dropped {ds.rows_dropped} rows with missing, NaN or infinite values", file=sys.stderr
         )
+    if categorical:
+        from trainer.categorical import with_categorical
+
+        ds = with_categorical(ds, categorical, cfg)
     if spec is not None:
         from trainer.behaviour import with_behaviour
 

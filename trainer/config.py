@@ -64,6 +64,20 @@ class TrainConfig:
     # with a small code the score is close to the lagged ("dynamic PCA") Hotelling T^2 / (L F).
     # 1: no stacking, each sample whitened on its own.
     lags: int = 1
+    # -- categorical features (dense single-row models) -----------------------------------
+    # A categorical's values become codes (detector/categorical.py): a vocabulary of the
+    # values seen at least `min_count` times (rarer ones share the reserved bucket with
+    # values never seen, so the model learns how often "something new" happens), or, past
+    # `vocabulary_max` distinct values, feature hashing into `hash_buckets` buckets. The
+    # network takes up to `onehot_max` codes one-hot and more through a learned embedding,
+    # and reconstructs a distribution over the codes: the error is the cross-entropy,
+    # divided by the field's entropy (at least `entropy_floor` nats) so that it counts like
+    # a z-scored numeric feature's squared error.
+    min_count: int = 5
+    vocabulary_max: int = 1000
+    hash_buckets: int = 1024
+    onehot_max: int = 16
+    entropy_floor: float = 0.5
     # -- optimisation --------------------------------------------------------------------
     epochs: int = 300
     batch_size: int = 128
@@ -143,6 +157,11 @@ class TrainConfig:
                 f"--lags {self.lags} stacks {self.lags} consecutive samples of a window: give "
                 f"--window {self.lags} or more (e.g. --window 20), or lower --lags"
             )
+        for name in ("min_count", "vocabulary_max", "hash_buckets", "onehot_max"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be 1 or more")
+        if self.entropy_floor <= 0:
+            raise ValueError(f"entropy_floor must be above 0, got {self.entropy_floor}")
         if not 0.0 < self.whiten_floor < 1.0:
             raise ValueError(f"--whiten-floor must be in (0, 1), got {self.whiten_floor}")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.bundle import DataFile, sha256_file
+from detector.categorical import Categorical
 from detector.errors import DataError
 from detector.tables import read_table
 from detector.windows import entity_keys, gather, window_ends
@@ -25,6 +26,8 @@ class Dataset:
     rows_dropped: int
     entities: np.ndarray | None = None  # [N] entity id of each row; None: one entity
     extra: dict[str, np.ndarray] | None = None  # columns read aside (`keep`), never features
+    # The categorical features among `names` (their values are codes), and how they are coded.
+    categorical: dict[str, Categorical] | None = None
 
 
 def load(

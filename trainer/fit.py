@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from detector.windows import gather
 from trainer.config import TrainConfig
 from trainer.data import Windows
-from trainer.model import ScoringModel, network_for, stack_lags
+from trainer.model import Categories, MixedAutoencoder, ScoringModel, network_for, stack_lags
 
 __all__ = [
     "FitResult",
@@ -61,17 +61,23 @@ def scaling_for(x: np.ndarray, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(offset, dtype=torch.float32), torch.tensor(scale, dtype=torch.float32)
 
 
-def whitening_for(z: np.ndarray, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """ZCA whitening of standardised rows, W = U diag(lam^-1/2) U^T, and its inverse.
+def whitening_for(
+    z: np.ndarray, floor: float, keep: Sequence[int] = ()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ZCA whitening of standardised rows, W = U diag(lam^-1/2) U^T, and its inverse. The
+    columns in `keep` (categorical codes) pass through both unchanged.
 
     ZCA is the whitening closest to the identity: each coordinate still belongs to its
     feature, so per-feature errors keep naming features. Eigenvalues below `floor` x the
     largest are raised to it: a direction with less variance than float32 inputs resolve
     would otherwise turn rounding into alarms.
     """
-    lam, u = np.linalg.eigh(np.cov(z.astype(np.float64), rowvar=False))
+    rest = np.setdiff1d(np.arange(z.shape[1]), keep)
+    lam, u = np.linalg.eigh(np.atleast_2d(np.cov(z[:, rest].astype(np.float64), rowvar=False)))
     lam = np.maximum(lam, floor * lam.max())
-    w, w_inv = (u / np.sqrt(lam)) @ u.T, (u * np.sqrt(lam)) @ u.T
+    w, w_inv = np.eye(z.shape[1]), np.eye(z.shape[1])
+    w[np.ix_(rest, rest)] = (u / np.sqrt(lam)) @ u.T
+    w_inv[np.ix_(rest, rest)] = (u * np.sqrt(lam)) @ u.T
     return torch.tensor(w, dtype=torch.float32), torch.tensor(w_inv, dtype=torch.float32)
 
 
@@ -95,7 +101,8 @@ def _penalised_loss(
 ) -> torch.Tensor:
     target = z
     if cfg.variant == "denoising":
-        z = z + cfg.noise_std * torch.randn(z.shape, generator=generator, device=z.device)
+        noise = cfg.noise_std * torch.randn(z.shape, generator=generator, device=z.device)
+        z = z + (noise * ae.numeric_mask if isinstance(ae, MixedAutoencoder) else noise)
     if cfg.variant == "contractive":
         z = z.detach().requires_grad_(True)
     # cuDNN's LSTM/GRU kernels cannot be differentiated twice, which the contractive penalty
@@ -104,7 +111,7 @@ def _penalised_loss(
     twice = cfg.variant == "contractive" and z.is_cuda
     with torch.backends.cudnn.flags(enabled=False) if twice else contextlib.nullcontext():
         r, h = ae(z)
-    loss = _reconstruction_loss(r, target, cfg.loss)
+    loss = _reconstruction_loss(ae, r, target, cfg.loss)
     if cfg.variant == "sparse":
         loss = loss + cfg.sparsity * h.abs().mean()
     elif cfg.variant == "contractive":
@@ -116,7 +123,11 @@ def _penalised_loss(
     return loss
 
 
-def _reconstruction_loss(r: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+def _reconstruction_loss(
+    ae: torch.nn.Module, r: torch.Tensor, target: torch.Tensor, kind: str
+) -> torch.Tensor:
+    if isinstance(ae, MixedAutoencoder):  # the score itself: errors averaged over features
+        return ae.errors(r, target).mean()
     if kind == "bce":
         return F.binary_cross_entropy(r, target.clamp(0.0, 1.0))
     return F.mse_loss(r, target)
@@ -135,7 +146,7 @@ def _evaluate(
     for zb in z.batches(batch):
         t = inputs(zb)
         r, _ = ae(t)
-        total += _reconstruction_loss(r, t, kind).item() * len(r)
+        total += _reconstruction_loss(ae, r, t, kind).item() * len(r)
     return total / max(1, len(z))
 
 
@@ -144,9 +155,11 @@ def fit(
     val: np.ndarray | Windows,
     cfg: TrainConfig,
     progress: bool = True,
+    categorical: dict[int, int] | None = None,
 ) -> FitResult:
     """Fit on `train`, stop early on `val`: rows [N, F] (one entity, time order) or
-    `Windows` (per entity and segment, see `trainer.data`)."""
+    `Windows` (per entity and segment, see `trainer.data`). `categorical`: the columns that
+    hold categorical codes, with their number of codes."""
     cfg.check()
     train, val = as_windows(train, cfg.window), as_windows(val, cfg.window)
     cfg = cfg.resolved(len(train.rows))
@@ -159,6 +172,19 @@ def fit(
     normal = np.concatenate([train.rows, val.rows]) if whitened else train.rows
     offset, scale = scaling_for(normal, cfg.loss)
     n_features = train.n_features
+    categories, cat_columns = None, sorted(categorical or {})
+    if cat_columns:
+        if cfg.model != "dense" or cfg.window != 1 or cfg.loss != "mse":
+            raise ValueError(
+                "categorical features are for dense single-row models with --loss mse "
+                f"(not --model {cfg.model} --window {cfg.window} --loss {cfg.loss})"
+            )
+        assert categorical is not None
+        sizes = [categorical[c] for c in cat_columns]
+        categories = Categories.fit(
+            train.rows[:, cat_columns], cat_columns, sizes, cfg.entropy_floor
+        )
+        offset[cat_columns], scale[cat_columns] = 0.0, 1.0  # codes pass through as they are
     latent = cfg.latent_for(n_features)
     if latent >= n_features:
         raise ValueError(
@@ -170,7 +196,7 @@ def fit(
             f"only {len(train)} training windows of {cfg.window} samples: too few to train; "
             "give more rows per entity or a shorter --window"
         )
-    ae = network_for(cfg, n_features)
+    ae = network_for(cfg, n_features, categories)
     ae.to(device)
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     off, sc = offset.numpy(), scale.numpy()
@@ -181,7 +207,7 @@ def fit(
         tiled_off, tiled_sc = np.tile(off, cfg.lags), np.tile(sc, cfg.lags)
         whiten = whitening_for((stacked - tiled_off) / tiled_sc, cfg.whiten_floor)
     elif whitened:
-        whiten = whitening_for((normal - off) / sc, cfg.whiten_floor)
+        whiten = whitening_for((normal - off) / sc, cfg.whiten_floor, cat_columns)
     # Rows are whitened once up front; lag vectors exist only per window, so with lags the
     # rows keep their z-scores and each mini-batch is stacked and whitened when it is taken.
     w = None if whiten is None or lagged else whiten[0].numpy()

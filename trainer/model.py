@@ -8,7 +8,10 @@ or with lag whitening (`lags` L > 1) the window's W - L + 1 lag vectors [N, W - 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,8 +19,10 @@ from trainer.config import SCORES, ScoreKind, TrainConfig
 
 __all__ = [
     "Autoencoder",
+    "Categories",
     "ConvAutoencoder",
     "FlatWindowAutoencoder",
+    "MixedAutoencoder",
     "RecurrentAutoencoder",
     "ScoringModel",
     "network_for",
@@ -57,6 +62,112 @@ class Autoencoder(nn.Module):
         h = self.encoder(z)
         r = self.decoder(h)
         return (torch.sigmoid(r) if self.sigmoid_output else r), h
+
+
+@dataclass(frozen=True)
+class Categories:
+    """Which input columns hold categorical codes, how many codes each has, and the weight of
+    each one's cross-entropy (1 / its entropy on the training rows, so that a model that
+    learned nothing scores 1 on a categorical as it scores 1 on a z-scored numeric feature:
+    neither kind dominates the score)."""
+
+    columns: tuple[int, ...]
+    sizes: tuple[int, ...]
+    weights: tuple[float, ...]
+
+    @classmethod
+    def fit(
+        cls, codes: np.ndarray, columns: Sequence[int], sizes: Sequence[int], floor: float
+    ) -> Categories:
+        """From the training rows' codes [N, C]; an entropy below `floor` nats counts as
+        `floor`, so that a nearly constant field does not turn every rare value into a
+        storm."""
+        weights = []
+        for j, size in enumerate(sizes):
+            p = np.bincount(codes[:, j].astype(np.int64), minlength=size) / max(1, len(codes))
+            entropy = -float(np.sum(p[p > 0] * np.log(p[p > 0])))
+            weights.append(1.0 / max(entropy, floor))
+        return cls(tuple(columns), tuple(sizes), tuple(weights))
+
+
+class MixedAutoencoder(nn.Module):
+    """The dense autoencoder over numeric and categorical features together.
+
+    Input z [N, F]: scaled numeric values, and codes in the categorical columns. A categorical
+    enters one-hot (at most `onehot_max` codes) or as a learned embedding, and comes out as
+    logits over its codes. Output r [N, F_numeric + sum(sizes)]: the numeric reconstructions,
+    then each categorical's logits; `errors` and `expected` read it back in feature order.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        categories: Categories,
+        hidden: tuple[int, ...],
+        latent: int,
+        activation: str,
+        onehot_max: int,
+    ):
+        super().__init__()
+        cats = set(categories.columns)
+        numeric = [j for j in range(n_features) if j not in cats]
+        self.categories = categories
+        self.register_buffer("numeric", torch.tensor(numeric, dtype=torch.long))
+        order = torch.tensor([*numeric, *categories.columns])
+        self.register_buffer("feature_order", torch.argsort(order))  # back to feature order
+        self.register_buffer("weights", torch.tensor(categories.weights, dtype=torch.float32))
+        mask = torch.ones(n_features)
+        mask[list(categories.columns)] = 0.0
+        self.register_buffer("numeric_mask", mask)  # denoising adds noise here only
+        self.embeddings = nn.ModuleList(
+            nn.Embedding.from_pretrained(torch.eye(size), freeze=True)
+            if size <= onehot_max
+            else nn.Embedding(size, embedding_width(size))
+            for size in categories.sizes
+        )
+        width = len(numeric) + sum(e.embedding_dim for e in self.embeddings)
+        out = len(numeric) + sum(categories.sizes)
+        self.encoder = _mlp([width, *hidden, latent], activation, last_activation=False)
+        self.decoder = _mlp([latent, *hidden[::-1], out], activation, last_activation=False)
+
+    def _codes(self, z: torch.Tensor) -> list[torch.Tensor]:
+        return [
+            z[:, c].long().clamp(0, size - 1)
+            for c, size in zip(self.categories.columns, self.categories.sizes, strict=True)
+        ]
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [z[:, self.numeric]]
+        parts += [emb(c) for emb, c in zip(self.embeddings, self._codes(z), strict=True)]
+        h = self.encoder(torch.cat(parts, dim=1))
+        return self.decoder(h), h
+
+    def _logits(self, r: torch.Tensor) -> list[torch.Tensor]:
+        return list(r[:, len(self.numeric) :].split(list(self.categories.sizes), dim=1))
+
+    def errors(self, r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """[N, F]: squared error of each numeric feature, weighted cross-entropy of each
+        categorical one's code."""
+        numeric = (r[:, : len(self.numeric)] - z[:, self.numeric]) ** 2
+        ce = [
+            torch.logsumexp(logits, dim=1) - logits.gather(1, code.unsqueeze(1)).squeeze(1)
+            for logits, code in zip(self._logits(r), self._codes(z), strict=True)
+        ]
+        return torch.cat([numeric, torch.stack(ce, dim=1) * self.weights], dim=1)[
+            :, self.feature_order
+        ]
+
+    def expected(self, r: torch.Tensor) -> torch.Tensor:
+        """[N, F]: numeric reconstructions and each categorical's most likely code."""
+        codes = [logits.argmax(dim=1).float() for logits in self._logits(r)]
+        return torch.cat([r[:, : len(self.numeric)], torch.stack(codes, dim=1)], dim=1)[
+            :, self.feature_order
+        ]
+
+
+def embedding_width(codes: int) -> int:
+    """A learned embedding's width: the fast.ai rule of thumb, at most 32."""
+    return min(32, max(2, round(1.6 * codes**0.56)))
 
 
 class FlatWindowAutoencoder(nn.Module):
@@ -161,11 +272,18 @@ class RecurrentAutoencoder(nn.Module):
         return (torch.sigmoid(r) if self.sigmoid_output else r), h
 
 
-def network_for(cfg: TrainConfig, n_features: int) -> nn.Module:
-    """The network that `cfg` describes, for `n_features` input features. With lags L, it
-    sees a sequence of W - L + 1 lag vectors of L x n_features values each."""
+def network_for(
+    cfg: TrainConfig, n_features: int, categories: Categories | None = None
+) -> nn.Module:
+    """The network that `cfg` describes, for `n_features` input features (`categories` of
+    them categorical). With lags L, it sees a sequence of W - L + 1 lag vectors of
+    L x n_features values each."""
     latent, sigmoid = cfg.latent_for(n_features), cfg.loss == "bce"
     inputs, steps = n_features * cfg.lags, cfg.positions
+    if categories is not None and categories.columns:
+        return MixedAutoencoder(
+            n_features, categories, cfg.hidden, latent, cfg.activation, cfg.onehot_max
+        )
     if cfg.model == "dense" and cfg.window == 1:
         return Autoencoder(n_features, cfg.hidden, latent, cfg.activation, sigmoid)
     if cfg.model == "dense":
@@ -263,7 +381,10 @@ class ScoringModel(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         z = self.scale_inputs(x)
         r, h = self.autoencoder(z)
-        feature_error = (r - z) ** 2
+        if isinstance(self.autoencoder, MixedAutoencoder):  # codes pass through the scaling
+            feature_error, r = self.autoencoder.errors(r, z), self.autoencoder.expected(r)
+        else:
+            feature_error = (r - z) ** 2
         if feature_error.dim() == 3:  # windows: [N, W, F] -> [N, F]; the newest expectation
             r = r[:, -1]
             feature_error = feature_error.mean(dim=1) if self.window_mean else feature_error[:, -1]

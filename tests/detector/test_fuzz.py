@@ -8,6 +8,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from detector.categorical import Categorical, Encoder
 from detector.decode import REASONS, Mapping, decode_batch
 from detector.errors import ConfigError
 from detector.settings import load_settings
@@ -67,6 +68,17 @@ mappings = st.sampled_from(
         Mapping(features=FEATURES, key_field="x", time_field="ts"),
         Mapping(features=FEATURES, key_field="x", entities=("x", "ü")),
         Mapping(features=FEATURES, bounds=((0.0, float("inf")), (-1e3, 1e3), (-1.0, 1.0))),
+        Mapping(features=FEATURES, categorical=(Encoder("b", Categorical(values=("x", "1"))),)),
+        Mapping(
+            features=FEATURES,
+            features_at="field",
+            features_field="x",
+            key_field="ts",
+            categorical=(
+                Encoder("a", Categorical(buckets=5)),
+                Encoder("c", Categorical(buckets=2)),
+            ),
+        ),
     ]
 )
 
