@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 from detector.decode import REASONS
 from detector.drift import psi
 
-__all__ = ["BatchHistogram", "Metrics", "RecentQuantiles", "Reference"]
+__all__ = ["BatchHistogram", "Metrics", "RecentQuantiles", "Reference", "TopEntities"]
 
 disable_created_metrics()  # the *_created series double the output for no dashboard use
 
@@ -41,6 +41,69 @@ LATENCY_BUCKETS = (
 )
 SCORE_BUCKETS = tuple(float(b) for b in np.logspace(-4, 4, 17))
 SEVERITY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.5, 2.0, 5.0, 10.0, 100.0)
+
+
+class TopEntities(Collector):
+    """The entities (cards, terminals, pumps) with the most anomalous messages lately, per
+    entity field: a count per entity decayed with `half_life_s`, of which only the `k`
+    largest per field are exported. One series per entity would be unbounded; a top list
+    is what a dashboard shows."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        k: int = 10,
+        half_life_s: float = 3600.0,
+        max_tracked: int = 10_000,
+    ):
+        self.k, self.max_tracked = k, max_tracked
+        self._rate = np.log(2.0) / half_life_s
+        # (field, entity) -> (count, as of when): decayed on read, so adding stays O(1)
+        self._counts: dict[tuple[str, str], tuple[float, float]] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def add(self, field: str, entities: Iterable[str | None], now_s: float) -> None:
+        with self._lock:
+            for e in entities:
+                if e is None:
+                    continue
+                count, at = self._counts.get((field, e), (0.0, now_s))
+                self._counts[field, e] = (count * np.exp(-self._rate * (now_s - at)) + 1.0, now_s)
+            if len(self._counts) > self.max_tracked:  # forget the quietest half
+                values = self._decayed(now_s)
+                cut = np.median(list(values.values()))
+                self._counts = {k: (v, now_s) for k, v in values.items() if v > cut}
+
+    def _decayed(self, now_s: float) -> dict[tuple[str, str], float]:
+        return {
+            k: count * float(np.exp(-self._rate * (now_s - at)))
+            for k, (count, at) in self._counts.items()
+        }
+
+    def top(self, now_s: float) -> dict[str, list[tuple[str, float]]]:
+        """Per field, the k entities with the largest decayed counts, largest first."""
+        with self._lock:
+            values = self._decayed(now_s)
+        out: dict[str, list[tuple[str, float]]] = {}
+        for (field, entity), v in sorted(values.items(), key=lambda kv: -kv[1]):
+            if len(out.setdefault(field, [])) < self.k:
+                out[field].append((entity, v))
+        return out
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        import time
+
+        g = GaugeMetricFamily(
+            "vigil_entity_anomalies",
+            f"Anomalous messages per entity, decayed with a {np.log(2.0) / self._rate:.0f} s "
+            f"half-life: the {self.k} largest per entity field (key: the message key).",
+            labels=["field", "entity"],
+        )
+        for field, entries in self.top(time.time()).items():
+            for entity, v in entries:
+                g.add_metric([field, entity], round(v, 6))
+        yield g
 
 
 class BatchHistogram(Collector):
@@ -277,6 +340,7 @@ class Metrics:
         )
         for state in ("open", "continue", "close"):
             self.alert_events.labels(state)
+        self.top_entities = TopEntities(r)
         self.warmup = Counter(
             "vigil_warmup_samples",
             "Samples that only filled an entity's window (not scored).",

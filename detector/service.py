@@ -325,6 +325,19 @@ class Detector:
         )
         return w.x, sub, event_ms[w.rows]
 
+    def _count_entities(self, f: InFlight) -> None:
+        """Anomalous messages per entity, for the dashboard's top lists."""
+        rows = np.flatnonzero(f.decisions.anomaly)
+        if len(rows) == 0:
+            return
+        now, d = time.time(), f.decoded
+        fields = d.entities or {}
+        if self.mapping.key_field not in fields:  # the key names an entity of its own
+            keys = [entity_key(d, j, f.batch[d.index[j]].key) for j in rows]
+            self.metrics.top_entities.add("key", keys, now)
+        for field, values in fields.items():
+            self.metrics.top_entities.add(field, [values[j] for j in rows], now)
+
     def _restore(self, spec: BehaviourSpec) -> BehaviourState:
         """The behaviour state of the last run, from its snapshot, if it fits `spec`."""
         self._snapshot_at = time.monotonic()
@@ -515,10 +528,14 @@ class Detector:
         for kind, n in kinds.items():
             m.published.labels(kind).inc(n)
         # Decided = its records acknowledged (scored, for a batch with nothing to publish).
-        m.latency.observe_many((f.delivery.acked_at * 1000.0 - f.event_ms) / 1000.0)
+        since = f.event_ms
+        if self.settings.payload.latency_from == "kafka_timestamp":
+            since = event_times(replace(f.decoded, times_ms=None), [r.timestamp for r in f.batch])
+        m.latency.observe_many((f.delivery.acked_at * 1000.0 - since) / 1000.0)
         m.scores.observe_many(f.scores.score)
         m.recent.observe_many("live", f.scores.score)
         m.severity.observe_many(f.decisions.severity)
+        self._count_entities(f)
         m.batch_size.observe(len(f.batch))
         m.batch_seconds.observe(time.perf_counter() - f.started)
         m.last_batch.set(time.time())

@@ -149,6 +149,10 @@ class PayloadSettings(_Section):
     key_field: str | None = None
     time_from: Literal["kafka_timestamp", "field"] = "kafka_timestamp"
     time_field: str | None = None  # epoch seconds or milliseconds, or an ISO 8601 string
+    # What vigil_decision_latency_seconds counts from: the event time (above), or the Kafka
+    # record timestamp, when the message was produced: for replays of past events, whose
+    # event times would count the replay's age as latency.
+    latency_from: Literal["event_time", "kafka_timestamp"] = "event_time"
     max_bytes: int = Field(default=1_048_576, ge=16)
 
     @model_validator(mode="after")

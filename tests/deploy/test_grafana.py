@@ -43,6 +43,7 @@ REQUIRED_SERIES = {
     "score drift": "vigil_score_drift_psi",
     "recent alert ratio": "vigil_recent_alert_ratio",
     "calibrated alert ratio": "vigil_calibrated_alert_ratio",
+    "alerts by card, terminal or machine": "vigil_entity_anomalies",
 }
 
 

@@ -1,12 +1,14 @@
+import re
 import shutil
 import subprocess
+import time
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from detector.drift import psi, reference_edges
-from detector.metrics import LATENCY_BUCKETS, BatchHistogram, Metrics, Reference
+from detector.metrics import LATENCY_BUCKETS, BatchHistogram, Metrics, Reference, TopEntities
 
 
 def test_batch_histogram_matches_prometheus_histogram() -> None:
@@ -40,6 +42,7 @@ def test_metrics_pass_promtool() -> None:
     m.lag.labels("telemetry", "0").set(3)
     m.recent.forget("live", Reference(0.5, 0.01, [0.1 * i for i in range(1, 10)]))
     m.recent.observe_many("live", np.linspace(0, 1, 1000))
+    m.top_entities.add("card_id", ["C1", "C2", "C1"], time.time())
     text = generate_latest(m.registry)
     out = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, timeout=30
@@ -47,6 +50,22 @@ def test_metrics_pass_promtool() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert b"vigil_messages_consumed_total" in text
     assert b'vigil_score_drift_psi{model="live"}' in text
+    assert re.search(rb'vigil_entity_anomalies\{entity="C1",field="card_id"\} (2\.0|1\.99)', text)
+
+
+def test_top_entities_keeps_the_k_loudest_per_field_and_forgets_with_time() -> None:
+    top = TopEntities(CollectorRegistry(), k=2, half_life_s=60.0, max_tracked=6)
+    top.add("card", ["a", "b", "b", "c", "c", "c", None], now_s=0.0)
+    top.add("terminal", ["t1"], now_s=0.0)
+    assert top.top(0.0) == {"card": [("c", 3.0), ("b", 2.0)], "terminal": [("t1", 1.0)]}
+    # An hour of half-lives later, one fresh alert outweighs the old ones.
+    top.add("card", ["a"], now_s=600.0)
+    [(first, v), (second, old)] = top.top(600.0)["card"]
+    assert (first, v) == ("a", pytest.approx(1.0 + 2**-10))
+    assert second == "c" and old == pytest.approx(3 * 2**-10)
+    # Bounded: past max_tracked entities, the quietest half is forgotten.
+    top.add("card", [f"n{i}" for i in range(10)], now_s=600.0)
+    assert len(top._counts) <= 6
 
 
 def test_recent_alert_ratio_and_drift_against_the_reference() -> None:

@@ -105,8 +105,11 @@ def test_fraud_stream_scores_like_offline_and_dead_letters_bad_transactions(
         "payload__time_field": "ts",
         "topics__scores": f"{topic}.scores",
         "state__snapshot_path": str(tmp_path / "behaviour.npz"),
+        # The stream replays simulated days: latency counts from the send, not the event.
+        "payload__latency_from": "kafka_timestamp",
     }
     positions = []
+    top: list[str] = []
     # Two runs, a restart between them: the behaviour state carries over in its snapshot.
     for part in (records[:100] + bad + records[100:half], records[half:]):
         positions += produce(kafka_bootstrap, topic, part)
@@ -116,6 +119,10 @@ def test_fraud_stream_scores_like_offline_and_dead_letters_bad_transactions(
         try:
             d.wait_ready()
             wait_for(lambda: committed_all(kafka_bootstrap, "g-fraud", topic), 120, "commit")
+            decided = d.metric("vigil_decision_latency_seconds_count")
+            assert decided > 0
+            assert d.metric("vigil_decision_latency_seconds_bucket", {"le": "10.0"}) == decided
+            top = [ln for ln in d.get("/metrics")[1].decode().splitlines() if "entity=" in ln]
         finally:
             assert d.terminate() == 0
     assert "behaviour state restored" in d.log.read_text()
@@ -161,6 +168,9 @@ def test_fraud_stream_scores_like_offline_and_dead_letters_bad_transactions(
     assert all(set(e["entities"]) == {"card_id", "terminal_id"} for e in opened)
     named = {f["name"] for e in opened for f in e["top_features"]}
     assert named & set(spec.names()), named
+    # The dashboard's top lists: the cards and terminals with the most anomalies lately.
+    assert any('field="card_id"' in ln for ln in top), top
+    assert any('field="terminal_id"' in ln for ln in top), top
     # Alerts concentrate fraud: far above its share of the stream.
     fraud_at = {good_offsets[j]: bool(t.tx_fraud[i]) for j, i in enumerate(test)}
     alerted = [fraud_at[e["source"]["offset"]] for e in opened]
