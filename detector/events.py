@@ -86,9 +86,11 @@ def make_event(
     episode: dict[str, object] | None = None,
     entities: dict[str, str] | None = None,
     categorical: dict[str, tuple[str, Categorical]] | None = None,
+    payload: dict[str, float | str] | None = None,
 ) -> dict[str, object]:
     """`categorical`: each categorical feature's observed text and coding, so that its top
-    feature entry names values instead of codes."""
+    feature entry names values instead of codes. `payload`: the message's own feature values,
+    for models that derive the others (behaviour features)."""
     event = {
         "schema_version": EVENT_SCHEMA_VERSION,
         "event_id": event_id(src),
@@ -107,6 +109,8 @@ def make_event(
     }
     if entities:
         event["entities"] = entities
+    if payload:
+        event["payload"] = payload
     if episode is not None:
         event["episode"] = episode
     return event

@@ -325,6 +325,15 @@ class Detector:
         )
         return w.x, sub, event_ms[w.rows]
 
+    def _payload_values(self, decoded: Decoded, j: int) -> dict[str, float | str]:
+        """The message's own feature values (a payment's amount), for models whose other
+        features are derived: the event then shows what was paid beside how it looked."""
+        text = decoded.categories or {}
+        return {
+            f: text[f][j] if f in text else float(decoded.x[j, col])
+            for f, col in zip(self.mapping.features, self._from_payload, strict=True)
+        }
+
     def _count_entities(self, f: InFlight) -> None:
         """Anomalous messages per entity, for the dashboard's top lists."""
         rows = np.flatnonzero(f.decisions.anomaly)
@@ -447,6 +456,7 @@ class Detector:
                 }
                 if decoded.categories
                 else None,
+                payload=self._payload_values(decoded, j) if self.behaviour is not None else None,
                 episode={
                     "id": tr.episode_id,
                     "state": tr.state,

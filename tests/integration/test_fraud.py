@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import detector
 from detector.behaviour import BehaviourSpec, offline_features
 from detector.bundle import load_bundle
 from detector.offline import score_file
@@ -32,6 +34,9 @@ from trainer.config import TrainConfig
 from trainer.transactions import card_key, simulate, terminal_key
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+SCHEMA = json.loads(
+    (Path(detector.__file__).parent / "schemas" / "anomaly-event.schema.json").read_text()
+)
 SPEC = {
     "entities": [
         {"entity": "card_id", "mean_of": "amount", "since_previous": True},
@@ -173,6 +178,11 @@ def test_fraud_stream_scores_like_offline_and_dead_letters_bad_transactions(
     assert any('field="terminal_id"' in ln for ln in top), top
     # Alerts concentrate fraud: far above its share of the stream.
     fraud_at = {good_offsets[j]: bool(t.tx_fraud[i]) for j, i in enumerate(test)}
+    # ... and what was paid, beside the behaviour that made it suspicious.
+    amount_at = {good_offsets[j]: float(t.tx_amount[i]) for j, i in enumerate(test)}
+    for e in opened:
+        jsonschema.validate(e, SCHEMA)
+        assert e["payload"] == {"amount": pytest.approx(amount_at[e["source"]["offset"]])}
     alerted = [fraud_at[e["source"]["offset"]] for e in opened]
     base = float(t.tx_fraud[test].mean())
     precision = float(np.mean(alerted))
