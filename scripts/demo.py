@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trainer.synth import CHANNELS, simulate  # noqa: E402
-from trainer.transactions import Transactions, card_key  # noqa: E402
+from trainer.transactions import Transactions, card_key, terminal_key  # noqa: E402
 from trainer.transactions import simulate as simulate_payments  # noqa: E402
 
 BOLD, RED, YELLOW, DIM, RESET = "\033[1m", "\033[31m", "\033[33m", "\033[2m", "\033[0m"
@@ -140,18 +140,20 @@ def train_fraud(workdir: Path, t: Transactions) -> Path:
     import pyarrow.parquet as pq
 
     data, spec, model = workdir / "payments.parquet", workdir / "behaviour.json", workdir / "model"
-    legit = (t.tx_time_days < FRAUD_TRAIN_DAYS) & (t.tx_fraud == 0)
+    early = t.tx_time_days < FRAUD_TRAIN_DAYS
     say(
         f"simulated {len(t)} card payments over {t.tx_time_days[-1] + 1} days; training on the "
-        f"{int(legit.sum())} legitimate ones of the first {FRAUD_TRAIN_DAYS} days -> {data}"
+        f"{int((early & (t.tx_fraud == 0)).sum())} legitimate ones of the first "
+        f"{FRAUD_TRAIN_DAYS} days -> {data}"
     )
     pq.write_table(
         pa.table(
             {
-                "ts": t.tx_time_ms[legit],
-                "card_id": [card_key(c) for c in t.customer_id[legit]],
-                "terminal_id": [f"T{x:05d}" for x in t.terminal_id[legit]],
-                "amount": t.tx_amount[legit],
+                "ts": t.tx_time_ms[early],
+                "card_id": [card_key(c) for c in t.customer_id[early]],
+                "terminal_id": [terminal_key(x) for x in t.terminal_id[early]],
+                "amount": t.tx_amount[early],
+                "fraud": t.tx_fraud[early],
             }
         ),
         data,
@@ -162,7 +164,7 @@ def train_fraud(workdir: Path, t: Transactions) -> Path:
         [
             sys.executable, "-m", "trainer", "fit", "--data", str(data), "--out", str(model),
             "--features", "amount", "--behaviour", str(spec), "--time-column", "ts",
-            "--bounds", "amount=0:", "--name", "payments", "--scaling", "standard",
+            "--bounds", "amount=0:", "--label-column", "fraud", "--name", "payments", "--scaling", "standard",
             "--batch-size", "1024", "--lr", "3e-3", "--epochs", "60", "--patience", "8",
             "--folds", "0", "--fpr", "0.005",
         ],

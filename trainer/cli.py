@@ -115,6 +115,12 @@ def _parser() -> argparse.ArgumentParser:
         "day); the detector derives them the same way from the stream. Needs --time-column",
     )
     f.add_argument(
+        "--label-column",
+        metavar="COL",
+        help="a label column (1: known fraud or fault, 0: normal): labelled rows are left out "
+        "of training, after behaviour features are derived over every row; never a feature",
+    )
+    f.add_argument(
         "--categorical",
         type=_csv_list,
         metavar="COL,...",
@@ -324,7 +330,7 @@ def _categorical_columns(a: argparse.Namespace, aside: list[str]) -> list[str]:
         return [] if a.categorical == ["none"] else a.categorical
     from detector.tables import text_columns
 
-    skip = {*aside, *(a.drop or []), a.entity_column}
+    skip = {*aside, *(a.drop or []), a.entity_column, a.label_column}
     text = [c for c in text_columns(a.data[0], a.sep) if c not in skip]
     if a.features:
         text = [c for c in text if c in a.features]
@@ -362,7 +368,7 @@ def _fit(a: argparse.Namespace) -> int:
         transpose=a.transpose,
         drop_bad_rows=a.drop_bad_rows,
         entity_column=a.entity_column,
-        aside=[*aside, *categorical],
+        aside=[*aside, *categorical, *([a.label_column] if a.label_column else [])],
     )
     if ds.rows_dropped:
         print(
@@ -376,6 +382,14 @@ def _fit(a: argparse.Namespace) -> int:
         from trainer.behaviour import with_behaviour
 
         ds = with_behaviour(ds, spec, a.time_column)
+    if a.label_column:
+        if cfg.window > 1:
+            raise ValueError(
+                "--label-column leaves rows out, which would join windows across the gaps: "
+                "for windowed models, cut labelled stretches out of the files instead"
+            )
+        ds, left_out = data.without_labelled(ds, a.label_column)
+        print(f"left out {left_out} labelled rows ('{a.label_column}' not 0)", file=sys.stderr)
     bundle = build_bundle(
         ds, cfg, a.out, progress=not a.no_progress, behaviour=spec, bounds=a.bounds
     )

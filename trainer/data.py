@@ -4,7 +4,7 @@ windows of each entity's last W samples assembled lazily per mini-batch."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from detector.errors import DataError
 from detector.tables import read_table
 from detector.windows import entity_keys, gather, window_ends
 
-__all__ = ["Dataset", "Windows", "group_codes", "load", "time_split"]
+__all__ = ["Dataset", "Windows", "group_codes", "load", "time_split", "without_labelled"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,26 @@ def load(
         entities,
         extra or None,
     )
+
+
+def without_labelled(ds: Dataset, column: str) -> tuple[Dataset, int]:
+    """`ds` less the rows whose label (a column read aside: 1 for known fraud or faults) is
+    not 0, and how many were left out. Derived features must be computed before, over every
+    row, as the detector sees the stream."""
+    raw = (ds.extra or {}).get(column)
+    if raw is None:
+        raise DataError(f"the label column '{column}' was not read")
+    try:
+        labelled = np.asarray(raw, dtype=np.float64) != 0
+    except (TypeError, ValueError):
+        raise DataError(f"label column '{column}' must hold numbers (0: normal)") from None
+    keep = ~labelled
+    if not keep.any():
+        raise DataError(f"every row is labelled in '{column}': nothing normal to train on")
+    entities = ds.entities[keep] if ds.entities is not None else None
+    extra = {k: v[keep] for k, v in (ds.extra or {}).items()}
+    kept = replace(ds, values=ds.values[keep], entities=entities, extra=extra or None)
+    return kept, int(labelled.sum())
 
 
 def time_split(n: int, validation: float, calibration: float) -> tuple[slice, slice, slice]:

@@ -174,19 +174,23 @@ def test_payments_fit_with_behaviour_then_score_and_evaluate_with_fraud_metrics(
         "fraud": t.tx_fraud,
     }
     table = pa.table(cols)
-    legit = table.filter(pa.array(t.tx_fraud == 0))
-    pq.write_table(legit.drop(["fraud"]), tmp_path / "legit.parquet")
+    early = table.filter(pa.array(t.tx_time_days < 20))
+    pq.write_table(early, tmp_path / "early.parquet")
     pq.write_table(table, tmp_path / "all.parquet")
     spec = tmp_path / "spec.json"
     spec.write_text(
         json.dumps({"entities": [{"entity": "card_id", "mean_of": "amount", "log_counts": True}]})
     )
     b = tmp_path / "payments"
-    run(
-        "trainer", "fit", "--data", str(tmp_path / "legit.parquet"), "--features", "amount",
+    fit = run(
+        "trainer", "fit", "--data", str(tmp_path / "early.parquet"), "--features", "amount",
         "--behaviour", str(spec), "--time-column", "ts", "--bounds", "amount=0:",
-        "--out", str(b), "--epochs", "3", "--no-progress",
+        "--label-column", "fraud", "--out", str(b), "--epochs", "3", "--no-progress",
     )  # fmt: skip
+    # Known frauds are left out of training, after the behaviour features saw every row.
+    n_fraud = int(t.tx_fraud[t.tx_time_days < 20].sum())
+    assert n_fraud > 0 and f"left out {n_fraud} labelled rows" in fit.stderr
+    assert json.loads(fit.stdout)["rows"] == int((t.tx_time_days < 20).sum()) - n_fraud
     m = json.loads((b / "manifest.json").read_text())
     assert m["features"][:2] == ["amount", "card_id.log_count_1d"]
     assert m["bounds"] == {"amount": [0.0, None]}
