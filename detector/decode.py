@@ -102,6 +102,11 @@ class Mapping:
         cats = {e.name for e in self.categorical}
         return tuple(f for f in self.features if f not in cats)
 
+    @functools.cached_property
+    def numeric_at(self) -> np.ndarray:
+        """Positions of the numeric features among `features`."""
+        return np.array([self.features.index(f) for f in self.numeric], dtype=np.int64)
+
 
 @dataclass(frozen=True)
 class Reject:
@@ -252,7 +257,7 @@ def _assemble(
     if not m.categorical:
         return numeric.astype(np.float32), None
     x = np.empty((len(numeric), len(m.features)), dtype=np.float32)
-    x[:, [m.features.index(f) for f in m.numeric]] = numeric
+    x[:, m.numeric_at] = numeric
     columns = list(zip(*categorical, strict=True)) or [()] * len(m.categorical)
     text = {}
     for enc, col in zip(m.categorical, columns, strict=True):
@@ -357,11 +362,11 @@ def _decode_all(values: Sequence[bytes | None], m: Mapping, s: _Schema) -> Decod
     numeric = numeric.reshape(len(docs), len(m.numeric))
     if not (np.isfinite(numeric).all() and (np.abs(numeric) <= _FLOAT32_MAX).all()):
         return None
-    x, categories = _assemble(numeric, list(map(s.categories, docs)) if s.categories else [], m)
-    if m.bounds is not None:
-        low, high = np.array(m.bounds).T
-        if ((x < low) | (x > high)).any():
+    if m.bounds is not None:  # on the values as sent, as `_decode_one` checks them
+        low, high = np.array(m.bounds)[m.numeric_at].T
+        if ((numeric < low) | (numeric > high)).any():
             return None
+    x, categories = _assemble(numeric, list(map(s.categories, docs)) if s.categories else [], m)
     keys = None
     if s.key is not None:
         keys = list(map(str, map(s.key, docs)))  # str(str) is the same object
