@@ -31,6 +31,10 @@ Semantics at the edges, identical offline and online:
   previous row were at least that long ago, and a 60-day gap reads the same as a new entity;
 - `hour_sin`, `hour_cos`: the UTC time of day of the row on the unit circle (stateless).
 
+An entity may be a pair of fields, `"entity": "card_id+terminal_id"`: its key is the two
+values together, so its count says how often this card paid at this terminal lately (a
+terminal new to the card reads near 0: "terminal_id: unusual for this card").
+
 State is one array-backed store per entity kind: a dict key -> slot and float64 arrays
 [capacity, n_windows] of counts and sums plus last_t [capacity], grown by doubling, with freed
 slots reused. Each kind holds at most `max_entities` entities: past that, the entities with the
@@ -76,8 +80,14 @@ def _window_name(days: float) -> str:
     return f"{days:g}d"
 
 
+# Joins the values of a composite entity's fields into one key: a control character that
+# identifiers do not hold, so that ("a b", "c") and ("a", "b c") stay apart.
+KEY_SEPARATOR = "\x1f"
+
+
 class EntityBehaviour(BaseModel):
-    """The features of one entity kind, keyed by a payload field."""
+    """The features of one entity kind, keyed by a payload field, or by several joined with
+    '+' (`card_id+terminal_id`: a card at a terminal)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -90,8 +100,15 @@ class EntityBehaviour(BaseModel):
     mean_of: str | None = None  # numeric payload field averaged per window, e.g. "amount"
     since_previous: bool = False  # log1p(seconds since the entity's previous row)
 
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The payload fields whose values make up the entity's key."""
+        return tuple(self.entity.split("+"))
+
     @model_validator(mode="after")
     def _check(self) -> EntityBehaviour:
+        if not all(self.fields) or len(set(self.fields)) != len(self.fields):
+            raise ValueError(f"{self.entity}: join distinct field names with '+'")
         w = self.windows_days
         if not w or any(not (math.isfinite(d) and d > 0) for d in w):
             raise ValueError(f"{self.entity}: windows_days must be positive numbers, got {w}")
@@ -142,6 +159,10 @@ class BehaviourSpec(BaseModel):
         """The feature names, in the column order of `BehaviourState.update`."""
         out = [n for e in self.entities for n in e.names()]
         return out + (["hour_sin", "hour_cos"] if self.hour_of_day else [])
+
+    def entity_fields(self) -> list[str]:
+        """The payload fields that name entities, each once, in spec order."""
+        return list(dict.fromkeys(f for e in self.entities for f in e.fields))
 
     def fields(self) -> list[str]:
         """The numeric payload fields read (the `mean_of` fields), without duplicates."""
@@ -240,14 +261,13 @@ def _check_rows(
         raise ValueError("times_ms has non-finite values; reject those rows before update")
     n = len(t)
     ks: dict[str, list[str]] = {}
-    for e in spec.entities:
-        if e.entity not in keys:
-            kinds = [x.entity for x in spec.entities]
-            raise ValueError(f"keys has no {e.entity!r} (entity fields: {kinds})")
-        col = keys[e.entity]
-        ks[e.entity] = col.tolist() if isinstance(col, np.ndarray) else list(col)
-        if len(ks[e.entity]) != n:
-            raise ValueError(f"keys[{e.entity!r}] has {len(ks[e.entity])} rows, times_ms {n}")
+    for f in spec.entity_fields():
+        if f not in keys:
+            raise ValueError(f"keys has no {f!r} (entity fields: {spec.entity_fields()})")
+        col = keys[f]
+        ks[f] = col.tolist() if isinstance(col, np.ndarray) else list(col)
+        if len(ks[f]) != n:
+            raise ValueError(f"keys[{f!r}] has {len(ks[f])} rows, times_ms {n}")
     vs: dict[str, np.ndarray] = {}
     for f in spec.fields():
         if f not in values:
@@ -310,11 +330,12 @@ class BehaviourState:
         """Features [N, len(names)] float64 of the rows, applied in order (row i sees the rows
         before it of the same entity, in this call and in earlier ones).
 
-        keys: entity field -> N string keys (every `spec.entities[*].entity`).
+        keys: entity field -> N string keys (every field of `spec.entity_fields()`).
         times_ms: N event times, epoch milliseconds (finite; late rows are allowed).
         values: numeric field -> N finite values (every `spec.fields()`)."""
         t, ks, vs = _check_rows(self.spec, keys, times_ms, values or {})
-        coded = [_factorize(ks[e.entity]) for e in self.spec.entities]  # may refuse: no change yet
+        # may refuse: no change yet
+        coded = [_factorize(_entity_keys(e, ks)) for e in self.spec.entities]
         n = len(t)
         out = np.empty((n, len(self.names)))
         col = 0
@@ -474,6 +495,13 @@ class BehaviourState:
         return state
 
 
+def _entity_keys(e: EntityBehaviour, keys: Mapping[str, list[str]]) -> list[str]:
+    """Each row's key of entity kind `e`: its field's value, or its fields' values joined."""
+    if len(e.fields) == 1:
+        return keys[e.entity]
+    return list(map(KEY_SEPARATOR.join, zip(*(keys[f] for f in e.fields), strict=True)))
+
+
 def offline_features(
     spec: BehaviourSpec,
     keys: Mapping[str, Sequence[str]],
@@ -510,12 +538,12 @@ def with_derived(
     """A file's payload features `x` (columns `names`) with the spec's features appended,
     derived in one offline pass; `columns` holds the entity and time columns. Used by the
     trainer and by the offline scorer alike."""
-    missing = [c for c in [*(e.entity for e in spec.entities), time_column] if c not in columns]
+    missing = [c for c in [*spec.entity_fields(), time_column] if c not in columns]
     if missing:
         raise ValueError(f"behaviour features need the column(s) {missing}")
     if unread := [f for f in spec.fields() if f not in names]:
         raise ValueError(f"behaviour averages {unread}, which are not among the features")
-    keys = {e.entity: [str(v) for v in columns[e.entity]] for e in spec.entities}
+    keys = {f: [str(v) for v in columns[f]] for f in spec.entity_fields()}
     values = {f: x[:, list(names).index(f)].astype(np.float64) for f in spec.fields()}
     try:
         times = epoch_ms(columns[time_column])

@@ -191,7 +191,7 @@ class Manifest(_Frozen):
                 raise ValueError(f"behaviour features {missing[:5]} are not model features")
             if self.window != 1:
                 raise ValueError("behaviour features are for single-row models (window 1)")
-            entities = [e.entity for e in self.behaviour.entities]
+            entities = self.behaviour.entity_fields()
             if clash := set(entities) & set(self.features):
                 raise ValueError(f"entity fields {sorted(clash)} cannot be model features")
             if unread := set(self.behaviour.fields()) - set(self.payload_features):

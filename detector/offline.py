@@ -62,7 +62,7 @@ def score_file(
                 "this model derives behaviour features per entity: name the time column "
                 "(--time-column)"
             )
-        wanted += [c for c in [*(e.entity for e in spec.entities), time_column] if c not in wanted]
+        wanted += [c for c in [*spec.entity_fields(), time_column] if c not in wanted]
     try:
         table = read_table(
             path,

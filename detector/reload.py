@@ -32,7 +32,7 @@ def model_fields(bundle: Bundle) -> dict[str, Any]:
     b = bundle.manifest.behaviour
     return {
         "features": tuple(bundle.manifest.payload_features),
-        "entities": tuple(e.entity for e in b.entities) if b is not None else (),
+        "entities": tuple(b.entity_fields()) if b is not None else (),
         "bounds": bundle.manifest.payload_bounds(),
         "categorical": bundle.encoders,
     }

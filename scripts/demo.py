@@ -123,6 +123,8 @@ FRAUD_BEHAVIOUR = {
     "entities": [
         {"entity": "card_id", "mean_of": "amount", "since_previous": True, "log_counts": True},
         {"entity": "terminal_id", "log_counts": True},
+        # how often this card paid at this terminal: a terminal new to the card reads ~0
+        {"entity": "card_id+terminal_id", "windows_days": [30], "log_counts": True},
     ]
 }
 FRAUD_KINDS = {1: "large amount", 2: "compromised terminal", 3: "compromised card"}

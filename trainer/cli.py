@@ -357,7 +357,7 @@ def _fit(a: argparse.Namespace) -> int:
         if not a.time_column:
             raise ValueError("--behaviour needs --time-column (the event time of each row)")
         spec = load_spec(a.behaviour)
-    aside = [*(e.entity for e in spec.entities), a.time_column] if spec is not None else []
+    aside = [*spec.entity_fields(), a.time_column] if spec is not None else []
     categorical = _categorical_columns(a, aside)
     features = [f for f in a.features if f not in categorical] if a.features else None
     ds = data.load(

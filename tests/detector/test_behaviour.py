@@ -23,6 +23,8 @@ SPEC = BehaviourSpec(
     entities=(
         EntityBehaviour(entity="card_id", mean_of="amount", since_previous=True),
         EntityBehaviour(entity="terminal_id", windows_days=(0.5, 3), since_previous=True),
+        # a card at a terminal: how often this card paid here lately
+        EntityBehaviour(entity="card_id+terminal_id", windows_days=(7,), log_counts=True),
     ),
     idle_days=40,  # short, so that random gaps exercise the reset
 )
@@ -36,7 +38,9 @@ def reference(spec: BehaviourSpec, rows: list[tuple[str, str, int, float]]) -> n
     out = []
     for card, term, t, amount in rows:
         feats: list[float] = []
-        for e, state, key in zip(spec.entities, states, (card, term), strict=True):
+        fields = {"card_id": card, "terminal_id": term}
+        for e, state in zip(spec.entities, states, strict=True):
+            key = "\x1f".join(fields[f] for f in e.fields)
             taus = [w * DAY for w in e.windows_days]
             cap_s = max(e.windows_days) * 86_400
             prev = state.get(key)
@@ -50,7 +54,7 @@ def reference(spec: BehaviourSpec, rows: list[tuple[str, str, int, float]]) -> n
                 last, since = max(prev[2], t), min(dt / 1000, cap_s)
             state[key] = (counts, sums, last)
             if e.count:
-                feats += counts
+                feats += [math.log1p(c) for c in counts] if e.log_counts else counts
             if e.mean_of:
                 feats += [s / c for s, c in zip(sums, counts, strict=True)]
             if e.since_previous:
@@ -203,7 +207,7 @@ def test_snapshot_round_trip_continues_identically_and_refuses_another_spec(
     state.update(
         {k: v[:250] for k, v in keys.items()}, times[:250], {"amount": values["amount"][:250]}
     )
-    assert state.expire(int(times[249])) == 2  # free slots: the snapshot holds live ones only
+    assert state.expire(int(times[249])) == 3  # "gone" of each kind; the snapshot holds live ones
     path = tmp_path / "behaviour.npz"
     state.save(path)
     loaded = BehaviourState.load(SPEC, path)
@@ -279,3 +283,22 @@ def test_log_counts_are_log1p_of_the_counts() -> None:
     np.testing.assert_array_equal(
         offline_features(logged, keys, t), np.log1p(offline_features(plain, keys, t))
     )
+
+
+def test_a_pair_entity_counts_a_card_at_a_terminal() -> None:
+    """'card_id+terminal_id' keys on both values: a terminal new to the card reads 1 (this
+    row only) however busy the card and the terminal are."""
+    spec = BehaviourSpec(
+        entities=(EntityBehaviour(entity="card_id+terminal_id", windows_days=(30,)),),
+        hour_of_day=False,
+    )
+    assert spec.entity_fields() == ["card_id", "terminal_id"]
+    assert spec.names() == ["card_id+terminal_id.count_30d"]
+    rows = [("c1", "t1"), ("c1", "t1"), ("c2", "t1"), ("c1", "t1"), ("c1", "t2"), ("c1 t", "1")]
+    keys = {"card_id": [r[0] for r in rows], "terminal_id": [r[1] for r in rows]}
+    got = offline_features(spec, keys, np.full(len(rows), T0, np.float64))
+    np.testing.assert_array_equal(got[:, 0], [1, 2, 1, 3, 1, 1])
+    with pytest.raises(ValidationError, match="distinct field names"):
+        EntityBehaviour(entity="card_id+card_id")
+    with pytest.raises(ValueError, match="keys has no 'terminal_id'"):
+        BehaviourState(spec).update({"card_id": ["c1"]}, np.array([T0], np.float64))

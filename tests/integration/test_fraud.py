@@ -41,6 +41,7 @@ SPEC = {
     "entities": [
         {"entity": "card_id", "mean_of": "amount", "since_previous": True},
         {"entity": "terminal_id"},
+        {"entity": "card_id+terminal_id", "windows_days": [30], "log_counts": True},
     ]
 }
 TRAIN_DAYS = 25
