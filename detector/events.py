@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ __all__ = [
     "Source",
     "dlq_headers",
     "event_id",
+    "event_schema",
     "iso_ms",
     "make_event",
     "make_score_record",
@@ -53,6 +55,13 @@ class Outgoing:
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]]
+
+
+def event_schema() -> dict[str, Any]:
+    """The JSON Schema of anomaly events, for consumers and tests."""
+    return orjson.loads(
+        (Path(__file__).parent / "schemas" / "anomaly-event.schema.json").read_bytes()
+    )
 
 
 def event_id(src: Source) -> str:

@@ -214,13 +214,9 @@ class FraudView:
         self.alerts += 1
         self.on_fraud += kind is not None
         verdict = f"{RED}fraud: {kind}{RESET}" if kind else f"{DIM}legitimate{RESET}"
-        reasons = ", ".join(
-            f"{f['name']} {f['value']:.2f} (expected {f['expected']:.2f})"
-            for f in e["top_features"][:2]
-        )
         return (
             f"{RED}ALERT{RESET} {e['event_time'][:16]} card {BOLD}{entities.get('card_id')}{RESET} "
-            f"at {entities.get('terminal_id')}  severity {e['severity']:5.1f}  {reasons}  "
+            f"at {entities.get('terminal_id')}  severity {e['severity']:5.1f}  {reasons(e)}  "
             f"[truth: {verdict}]"
         )
 
@@ -234,14 +230,22 @@ class FraudView:
         )
 
 
-def describe_telemetry(e: dict[str, Any]) -> str:
-    top = ", ".join(
-        f"{f['name']} {f['value']:.2f} (expected {f['expected']:.2f})"
+def reasons(e: dict[str, Any]) -> str:
+    """The event's two top features, observed and expected (categorical ones as text)."""
+
+    def show(v: float | str) -> str:
+        return v if isinstance(v, str) else f"{v:.2f}"
+
+    return ", ".join(
+        f"{f['name']} {show(f['value'])} (expected {show(f['expected'])})"
         for f in e["top_features"][:2]
     )
+
+
+def describe_telemetry(e: dict[str, Any]) -> str:
     return (
         f"{RED}ALERT{RESET} {e['event_time'][11:23]} {BOLD}{e['key']}{RESET} "
-        f"severity {e['severity']:5.1f}  {top}  {DIM}offset {e['source']['offset']}{RESET}"
+        f"severity {e['severity']:5.1f}  {reasons(e)}  {DIM}offset {e['source']['offset']}{RESET}"
     )
 
 

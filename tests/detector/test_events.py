@@ -1,15 +1,9 @@
-import json
-from pathlib import Path
-
 import jsonschema
 import numpy as np
 
-import detector
-from detector.events import Source, dlq_headers, event_id, make_event
+from detector.events import Source, dlq_headers, event_id, event_schema, make_event
 
-SCHEMA = json.loads(
-    (Path(detector.__file__).parent / "schemas" / "anomaly-event.schema.json").read_text()
-)
+SCHEMA = event_schema()
 
 
 def _event() -> dict[str, object]:

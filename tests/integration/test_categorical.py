@@ -4,7 +4,6 @@ in events, and dead-letters a value of the wrong type."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jsonschema
@@ -13,8 +12,8 @@ import orjson
 import pyarrow.csv as pacsv
 import pytest
 
-import detector
 from detector.bundle import load_bundle
+from detector.events import event_schema
 from detector.offline import score_file
 from detector.scorer import Scorer
 from tests.integration.kafka_helpers import (
@@ -31,9 +30,7 @@ from trainer.categorical import with_categorical
 from trainer.config import TrainConfig
 
 pytestmark = pytest.mark.kafka
-SCHEMA = json.loads(
-    (Path(detector.__file__).parent / "schemas" / "anomaly-event.schema.json").read_text()
-)
+SCHEMA = event_schema()
 
 
 def test_categorical_stream_scores_like_offline_and_names_values(

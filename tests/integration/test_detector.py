@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -11,8 +10,8 @@ import numpy as np
 import orjson
 import pytest
 
-import detector
 from detector.bundle import load_bundle
+from detector.events import event_schema
 from detector.scorer import Scorer
 from tests.conftest import FEATURES_SYNTH
 from tests.integration.kafka_helpers import (
@@ -25,9 +24,7 @@ from tests.integration.kafka_helpers import (
 from trainer.synth import simulate
 
 pytestmark = pytest.mark.kafka
-SCHEMA = json.loads(
-    (Path(detector.__file__).parent / "schemas" / "anomaly-event.schema.json").read_text()
-)
+SCHEMA = event_schema()
 
 
 def telemetry(

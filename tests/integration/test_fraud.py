@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import detector
 from detector.behaviour import BehaviourSpec, offline_features
 from detector.bundle import load_bundle
+from detector.events import event_schema
 from detector.offline import score_file
 from detector.scorer import Scorer
 from tests.integration.kafka_helpers import (
@@ -34,9 +34,7 @@ from trainer.config import TrainConfig
 from trainer.transactions import card_key, simulate, terminal_key
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-SCHEMA = json.loads(
-    (Path(detector.__file__).parent / "schemas" / "anomaly-event.schema.json").read_text()
-)
+SCHEMA = event_schema()
 SPEC = {
     "entities": [
         {"entity": "card_id", "mean_of": "amount", "since_previous": True},
