@@ -224,18 +224,24 @@ def latency(
     workdir: Path,
     warmup_s: float = 5.0,
     linger_ms: int = 0,
+    load: str = "kcat",
     **detector_env: str,
 ) -> dict[str, float]:
     """Offer `rate` msg/s; the histogram of the measured period only (after a warm-up that
-    covers the group join), as the difference of two scrapes."""
+    covers the group join), as the difference of two scrapes.
+
+    The load: "kcat" (librdkafka, fed paced lines on stdin: the load costs the two cores little,
+    as a producer on another machine would) or "python" (kafka-python's producer in this
+    process, which takes a good part of a core at 5,000 msg/s)."""
     group = f"vigil-lat-{time.time()}"
     d = start_detector(
         workdir, bootstrap, model, topic, group, kafka__auto_offset_reset="latest", **detector_env
     )
     try:
         d.wait_ready()
-        p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms)
+        p = _Load(load, bootstrap, topic, linger_ms)
         rows = telemetry(10_000, seed=2, anomalous=0.02)
+        docs = [orjson.dumps({k: float(v) for k, v in zip(names, r, strict=False)}) for r in rows]
         before: list[tuple[float, float]] = []
         i = 0
         start = time.perf_counter()
@@ -246,17 +252,14 @@ def latency(
                 before = _latency_buckets(d)
                 sent_before = i
                 cpu_before = (_cpu_seconds(d.proc.pid), _machine_busy(), time.perf_counter())
-            row = rows[i % len(rows)]
-            p.send(
-                topic,
-                key=f"unit-{i % 16}".encode(),
-                value=orjson.dumps({k: float(v) for k, v in zip(names, row, strict=False)}),
-            )
+            p.send(f"unit-{i % 16}".encode(), docs[i % len(docs)])
             i += 1
             ahead = i / rate - (time.perf_counter() - start)
             if ahead > 0:
+                p.flush_soon()
                 time.sleep(ahead)
         p.flush()
+        p.close()
         cpu_after = (_cpu_seconds(d.proc.pid), _machine_busy(), time.perf_counter())
         time.sleep(2)
         after = _latency_buckets(d)
@@ -287,6 +290,50 @@ def latency(
         }
     finally:
         d.terminate()
+
+
+class _Load:
+    """The latency run's producer: kcat reading key<TAB>value lines, or kafka-python."""
+
+    def __init__(self, kind: str, bootstrap: str, topic: str, linger_ms: int):
+        self.kind = kind
+        if kind == "kcat":
+            self.proc = subprocess.Popen(
+                ["kcat", "-P", "-b", bootstrap, "-t", topic, "-K", "\t",
+                 "-X", f"linger.ms={max(1, linger_ms)}"],
+                stdin=subprocess.PIPE,
+            )  # fmt: skip
+        else:
+            self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms)
+            self.topic = topic
+
+    def send(self, key: bytes, value: bytes) -> None:
+        if self.kind == "kcat":
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(key + b"\t" + value + b"\n")
+        else:
+            self.producer.send(self.topic, key=key, value=value)
+
+    def flush_soon(self) -> None:
+        """Hand what was written to the producer (kcat reads its stdin as it comes)."""
+        if self.kind == "kcat":
+            assert self.proc.stdin is not None
+            self.proc.stdin.flush()
+
+    def flush(self) -> None:
+        if self.kind == "kcat":
+            self.flush_soon()
+            time.sleep(0.5)  # librdkafka delivers within linger.ms; give it a margin
+        else:
+            self.producer.flush()
+
+    def close(self) -> None:
+        if self.kind == "kcat":
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        else:
+            self.producer.close()
 
 
 def inference(model: Path) -> dict[str, float]:
@@ -390,6 +437,12 @@ def main() -> int:
     )
     ap.add_argument("--producer-linger-ms", type=int, default=0, help="the load's producer")
     ap.add_argument(
+        "--load",
+        choices=("kcat", "python"),
+        default="kcat",
+        help="the latency run's producer: kcat (librdkafka, little CPU) or kafka-python",
+    )
+    ap.add_argument(
         "--set",
         action="append",
         default=[],
@@ -433,6 +486,8 @@ def main() -> int:
                 a.latency_rate,
                 a.latency_seconds,
                 workdir,
+                linger_ms=a.producer_linger_ms,
+                load=a.load,
                 **env,
             )
             print(json.dumps(lat, indent=2))
@@ -469,8 +524,17 @@ def main() -> int:
         )
         print("peer (b)", results["peer_quix_msg_per_s"], flush=True)
         results["latency"] = latency(
-            bootstrap, "latency", model, names, a.latency_rate, a.latency_seconds, workdir
+            bootstrap,
+            "latency",
+            model,
+            names,
+            a.latency_rate,
+            a.latency_seconds,
+            workdir,
+            linger_ms=a.producer_linger_ms,
+            load=a.load,
         )
+        results["latency_load"] = a.load
         print("latency", results["latency"], flush=True)
         results["inference_rows_per_s"] = inference(model)
     finally:

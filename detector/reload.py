@@ -83,10 +83,12 @@ class ModelWatcher:
         threads: int | None,
         interval_s: float,
         on_result: Callable[[str, str, str], None],  # (result, version, reason)
+        spinning: bool = False,
     ):
         self.model_path, self.mapping = model_path, mapping
         self.registry = is_model_dir(model_path)
         self.provider, self.threads, self.interval_s = provider, threads, interval_s
+        self.spinning = spinning
         self.on_result = on_result
         self.live_version = live.bundle.manifest.version
         self.refused: set[str] = set()
@@ -157,7 +159,7 @@ class ModelWatcher:
         try:
             bundle = load_bundle(path)
             check_compatible(self.mapping, bundle, list(self.recent))
-            scorer = Scorer(bundle, self.provider, self.threads)
+            scorer = Scorer(bundle, self.provider, self.threads, self.spinning)
         except (BundleError, ConfigError) as e:
             self.refused.add(version)
             log.error("model %s refused; %s keeps serving: %s", version, self.live_version, e)

@@ -592,11 +592,11 @@ def run(settings: Settings, stop: threading.Event, reload: threading.Event | Non
     Setting `reload` (SIGHUP) makes the model watcher look for a new version now."""
     ms = settings.model
     bundle = load_bundle(resolve(ms.path))
-    scorer = Scorer(bundle, ms.provider, ms.threads)
+    scorer = Scorer(bundle, ms.provider, ms.threads, ms.spinning)
     log.info("model %s loaded; provider %s", bundle.label, scorer.provider)
     shadow = None
     if ms.shadow_path is not None:
-        shadow = Scorer(load_bundle(resolve(ms.shadow_path)), ms.provider, ms.threads)
+        shadow = Scorer(load_bundle(resolve(ms.shadow_path)), ms.provider, ms.threads, ms.spinning)
         log.info(
             "shadow model %s: scored beside the live one, publishing nothing", shadow.bundle.label
         )
@@ -633,6 +633,7 @@ def run(settings: Settings, stop: threading.Event, reload: threading.Event | Non
             ms.threads,
             ms.poll_interval_s,
             on_reload,
+            ms.spinning,
         ).start()
         stack.callback(watcher.stop)
         detector = Detector(settings, scorer, source, sink, metrics, health, stop, watcher, shadow)

@@ -173,6 +173,10 @@ class ModelSettings(_Section):
     shadow_path: Path | None = None  # a bundle scored beside the live one, publishing nothing
     provider: Literal["auto", "cuda", "cpu"] = "auto"
     threads: int | None = Field(default=None, ge=1, le=256)
+    # Let ONNX Runtime's threads busy-wait between runs: off, it saves most of a core at
+    # moderate load (bench/results/throughput.md); on, a back-to-back batch starts ~0.1 ms
+    # sooner. Worth it only on a machine the detector has to itself at full speed.
+    spinning: bool = False
     threshold: float | None = Field(default=None, gt=0)  # overrides the bundle's threshold
     top_features: int = Field(default=3, ge=0, le=100)
 
