@@ -480,9 +480,9 @@ def main() -> int:
             [NewTopic("bench", a.partitions, 1), NewTopic("latency", a.partitions, 1)]
         )
         admin.close()
-        if a.latency_only:
-            env = dict(kv.split("=", 1) for kv in a.set)
-            lat = latency(
+
+        def measure_latency(**env: str) -> dict[str, float]:
+            return latency(
                 bootstrap,
                 "latency",
                 model,
@@ -494,6 +494,9 @@ def main() -> int:
                 load=a.load,
                 **env,
             )
+
+        if a.latency_only:
+            lat = measure_latency(**dict(kv.split("=", 1) for kv in a.set))
             print(json.dumps(lat, indent=2))
             return 0
         print(f"producing {a.messages} messages…", flush=True)
@@ -527,17 +530,7 @@ def main() -> int:
             bootstrap, "bench", model, names, min(a.messages, 100_000)
         )
         print("peer (b)", results["peer_quix_msg_per_s"], flush=True)
-        results["latency"] = latency(
-            bootstrap,
-            "latency",
-            model,
-            names,
-            a.latency_rate,
-            a.latency_seconds,
-            workdir,
-            linger_ms=a.producer_linger_ms,
-            load=a.load,
-        )
+        results["latency"] = measure_latency()
         results["latency_load"] = a.load
         print("latency", results["latency"], flush=True)
         results["inference_rows_per_s"] = inference(model)
