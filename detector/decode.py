@@ -33,6 +33,7 @@ __all__ = [
     "entity_key",
     "epoch_ms",
     "event_times",
+    "kafka_times",
 ]
 
 # Every reason a message can be dead-lettered for; a bounded label set for metrics.
@@ -106,6 +107,11 @@ class Mapping:
     def numeric_at(self) -> np.ndarray:
         """Positions of the numeric features among `features`."""
         return np.array([self.features.index(f) for f in self.numeric], dtype=np.int64)
+
+    @functools.cached_property
+    def numeric_bounds(self) -> tuple[tuple[float, float], ...] | None:
+        """`bounds` of the numeric features, in `numeric` order (categoricals have none)."""
+        return None if self.bounds is None else tuple(self.bounds[i] for i in self.numeric_at)
 
 
 @dataclass(frozen=True)
@@ -362,8 +368,8 @@ def _decode_all(values: Sequence[bytes | None], m: Mapping, s: _Schema) -> Decod
     numeric = numeric.reshape(len(docs), len(m.numeric))
     if not (np.isfinite(numeric).all() and (np.abs(numeric) <= _FLOAT32_MAX).all()):
         return None
-    if m.bounds is not None:  # on the values as sent, as `_decode_one` checks them
-        low, high = np.array(m.bounds)[m.numeric_at].T
+    if m.numeric_bounds is not None:  # on the values as sent, as `_decode_one` checks them
+        low, high = np.array(m.numeric_bounds).T
         if ((numeric < low) | (numeric > high)).any():
             return None
     x, categories = _assemble(numeric, list(map(s.categories, docs)) if s.categories else [], m)
@@ -408,9 +414,7 @@ def _decode_one(v: bytes | None, m: Mapping, s: _Schema) -> _Row | _Bad:
     for name, value in zip(m.numeric, values, strict=True):
         if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
             return _Bad("not_finite", f"feature '{name}' = {value!r} is not a finite float32")
-    low_high = dict(zip(m.features, m.bounds or (), strict=False))
-    for name, value in zip(m.numeric, values, strict=True):
-        low, high = low_high.get(name, (-math.inf, math.inf))
+    for name, value, (low, high) in zip(m.numeric, values, m.numeric_bounds or (), strict=False):
         if not low <= value <= high:
             return _Bad("out_of_range", f"feature '{name}' = {value!r} is outside [{low}, {high}]")
     try:
@@ -452,9 +456,13 @@ def _diagnose(v: bytes, m: Mapping, e: msgspec.MsgspecError) -> _Bad:
 
 def event_times(d: Decoded, timestamps_ms: Sequence[int]) -> np.ndarray:
     """[M] epoch ms of each decoded row: from the payload's time field when the mapping has
-    one, else the Kafka timestamp of its message (NaN when the broker has none)."""
-    if d.times_ms is not None:
-        return d.times_ms
+    one, else the Kafka timestamp of its message."""
+    return d.times_ms if d.times_ms is not None else kafka_times(d, timestamps_ms)
+
+
+def kafka_times(d: Decoded, timestamps_ms: Sequence[int]) -> np.ndarray:
+    """[M] the Kafka timestamp (epoch ms) of each decoded row's message, NaN when the broker
+    has none."""
     ts = np.fromiter((timestamps_ms[i] for i in d.index), dtype=np.float64, count=len(d.index))
     return np.where(ts >= 0, ts, np.nan)
 

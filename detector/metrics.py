@@ -6,6 +6,7 @@ time with numpy (`BatchHistogram`): no Python call per message.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -69,7 +70,7 @@ class TopEntities(Collector):
                 if e is None:
                     continue
                 count, at = self._counts.get((field, e), (0.0, now_s))
-                self._counts[field, e] = (count * np.exp(-self._rate * (now_s - at)) + 1.0, now_s)
+                self._counts[field, e] = (count * math.exp(-self._rate * (now_s - at)) + 1.0, now_s)
             if len(self._counts) > self.max_tracked:  # forget the quietest half
                 values = self._decayed(now_s)
                 cut = np.median(list(values.values()))
@@ -77,7 +78,7 @@ class TopEntities(Collector):
 
     def _decayed(self, now_s: float) -> dict[tuple[str, str], float]:
         return {
-            k: count * float(np.exp(-self._rate * (now_s - at)))
+            k: count * math.exp(-self._rate * (now_s - at))
             for k, (count, at) in self._counts.items()
         }
 

@@ -27,7 +27,14 @@ from kafka.errors import CommitFailedError, KafkaConfigurationError, KafkaError
 
 from detector.behaviour import BehaviourSpec, BehaviourState
 from detector.bundle import Bundle, load_bundle
-from detector.decode import Decoded, Mapping, decode_batch, entity_key, event_times
+from detector.decode import (
+    Decoded,
+    Mapping,
+    decode_batch,
+    entity_key,
+    event_times,
+    kafka_times,
+)
 from detector.episodes import Episodes
 from detector.errors import ConfigError, PublishError
 from detector.events import (
@@ -540,7 +547,7 @@ class Detector:
         # Decided = its records acknowledged (scored, for a batch with nothing to publish).
         since = f.event_ms
         if self.settings.payload.latency_from == "kafka_timestamp":
-            since = event_times(replace(f.decoded, times_ms=None), [r.timestamp for r in f.batch])
+            since = kafka_times(f.decoded, [r.timestamp for r in f.batch])
         m.latency.observe_many((f.delivery.acked_at * 1000.0 - since) / 1000.0)
         m.scores.observe_many(f.scores.score)
         m.recent.observe_many("live", f.scores.score)
