@@ -2,9 +2,11 @@
 
     .venv/bin/python bench/throughput.py [--messages 200000] [--partitions 4]
 
-1. ceiling: a bare kafka-python consumer reading the topic and discarding payloads;
+1. ceiling: a bare kafka-python consumer reading the topic and discarding payloads (and,
+   for reference, a bare confluent-kafka one);
 2. vigil: `vigil-detect run` (a fresh group from the earliest offset) until its committed
-   offsets reach the end, measured from its own metrics;
+   offsets reach the end, measured from its own metrics, on librdkafka (the default
+   client) and on kafka-python;
 3. peer (a): the tutorial loop (kafka-python, json, PyTorch called once per message);
 4. latency: p50/p99 of event time to decision at a fixed offered load;
 5. inference alone: ONNX Runtime rows/s by batch size;
@@ -131,6 +133,29 @@ def bare_consumer(bootstrap: str, topic: str, n: int) -> float:
     return got / dt
 
 
+def bare_rdkafka(bootstrap: str, topic: str, n: int) -> float:
+    from confluent_kafka import Consumer
+
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bare-rd-{time.time()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    c.subscribe([topic])
+    got, t0 = 0, None
+    while got < n:
+        msgs = c.consume(5000, 1.0)
+        if msgs and t0 is None:
+            t0 = time.perf_counter()
+        got += len(msgs)
+    dt = time.perf_counter() - (t0 or time.perf_counter())
+    c.close()
+    return got / dt
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -138,9 +163,11 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def vigil(bootstrap: str, topic: str, model: Path, n: int, workdir: Path) -> dict[str, float]:
+def vigil(
+    bootstrap: str, topic: str, model: Path, n: int, workdir: Path, **env: str
+) -> dict[str, float]:
     group = f"vigil-bench-{time.time()}"
-    d = start_detector(workdir, bootstrap, model, topic, group, batch__max_size="5000")
+    d = start_detector(workdir, bootstrap, model, topic, group, batch__max_size="5000", **env)
     peak = 0.0
     try:
         d.wait_ready()
@@ -512,8 +539,14 @@ def main() -> int:
         results["ceiling_runs_msg_per_s"] = runs
         results["ceiling_msg_per_s"] = max(runs)
         print("ceiling", runs, flush=True)
+        results["bare_confluent_msg_per_s"] = bare_rdkafka(bootstrap, "bench", a.messages)
+        print("bare confluent-kafka", results["bare_confluent_msg_per_s"], flush=True)
         results["vigil_dense"] = vigil(bootstrap, "bench", model, a.messages, workdir)
         print("vigil", results["vigil_dense"], flush=True)
+        results["vigil_dense_kafka_python"] = vigil(
+            bootstrap, "bench", model, a.messages, workdir, kafka__client="kafka-python"
+        )
+        print("vigil on kafka-python", results["vigil_dense_kafka_python"], flush=True)
         windowed = make_windowed_model(workdir, names)
         results["vigil_windowed"] = vigil(bootstrap, "bench", windowed, a.messages, workdir)
         print("vigil windowed", results["vigil_windowed"], flush=True)
@@ -542,6 +575,9 @@ def main() -> int:
     v = results["vigil_dense"]
     assert isinstance(v, dict)
     results["ratio_vigil_to_ceiling"] = v["msg_per_s"] / results["ceiling_msg_per_s"]  # type: ignore[operator]
+    vk = results["vigil_dense_kafka_python"]
+    assert isinstance(vk, dict)
+    results["ratio_kafka_python_to_ceiling"] = vk["msg_per_s"] / results["ceiling_msg_per_s"]  # type: ignore[operator]
     w = results["vigil_windowed"]
     assert isinstance(w, dict)
     results["ratio_windowed_to_ceiling"] = w["msg_per_s"] / results["ceiling_msg_per_s"]  # type: ignore[operator]
@@ -579,7 +615,12 @@ def main() -> int:
         f"| bare kafka-python consumer (ceiling, best of 3: "
         f"{', '.join(f'{r:,.0f}' for r in results['ceiling_runs_msg_per_s'])}) | "  # type: ignore[union-attr]
         f"{results['ceiling_msg_per_s']:,.0f} | 1.00 |",
+        f"| bare confluent-kafka consumer (librdkafka; for reference) | "
+        f"{results['bare_confluent_msg_per_s']:,.0f} | "
+        f"{results['bare_confluent_msg_per_s'] / results['ceiling_msg_per_s']:.2f} |",  # type: ignore[operator]
         f"| vigil-detect run, dense model | {v['msg_per_s']:,.0f} | {results['ratio_vigil_to_ceiling']:.2f} |",
+        f"| vigil-detect run, dense model, `kafka.client=kafka-python` | {vk['msg_per_s']:,.0f} | "
+        f"{results['ratio_kafka_python_to_ceiling']:.2f} |",
         f"| vigil-detect run, windowed (W = 20, lags 3, window-mean, 16 units) | {w['msg_per_s']:,.0f} | "
         f"{results['ratio_windowed_to_ceiling']:.2f} |",
         f"| vigil-detect run x {g['processes']}, dense, one consumer group (one process per core) | "

@@ -10,25 +10,27 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaConnectionError, KafkaError, SaslAuthenticationFailedError
 from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 
 from detector.errors import ConfigError, PublishError
 from detector.events import Outgoing
+from detector.records import KAFKA_PYTHON, Batch
 from detector.settings import KafkaSettings, Settings
 
 __all__ = [
-    "ConsumerRecord",
+    "BatchSink",
+    "BatchSource",
     "Delivery",
     "KafkaSink",
     "KafkaSource",
     "TopicPartition",
     "client_config",
-    "last_offsets",
+    "open_sink",
+    "open_source",
 ]
 
 log = logging.getLogger(__name__)
@@ -111,15 +113,6 @@ def _snapshot_subscribed_metadata(consumer: KafkaConsumer) -> None:
         log.debug("could not renew the group metadata snapshot: %s", e)
 
 
-def last_offsets(records: list[ConsumerRecord]) -> dict[TopicPartition, int]:
-    """The highest offset of each partition in a batch: computed once, used to commit and
-    to measure lag."""
-    last: dict[tuple[str, int], int] = {}
-    for r in records:  # offsets only grow within a partition's records
-        last[(r.topic, r.partition)] = r.offset
-    return {TopicPartition(t, p): o for (t, p), o in last.items()}
-
-
 class _Rebalance(ConsumerRebalanceListener):
     """Runs on kafka-python's IO thread: only records what happened, never blocks."""
 
@@ -143,6 +136,54 @@ class _Rebalance(ConsumerRebalanceListener):
         log.info("partitions assigned: %s", sorted(assigned))
 
 
+class BatchSource(Protocol):
+    """What the loop needs of a consumer; `KafkaSource` (kafka-python) and `RdKafkaSource`
+    (librdkafka) provide it."""
+
+    @property
+    def connected(self) -> bool: ...
+    def connect(self) -> BatchSource: ...
+    def poll_batch(self, max_size: int, max_wait_ms: int) -> Batch: ...
+    def commit(self, last: dict[TopicPartition, int]) -> None: ...
+    def flush_commits(self) -> None: ...
+    def lag(self, last: dict[TopicPartition, int]) -> dict[TopicPartition, int]: ...
+    def take_revoked(self) -> set[TopicPartition]: ...
+    def assigned(self) -> int: ...
+    def group_stable(self) -> bool: ...
+    def broker_reachable(self) -> bool: ...
+    def keepalive(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class BatchSink(Protocol):
+    """What the loop needs of a producer; `KafkaSink` and `RdKafkaSink` provide it."""
+
+    def send(self, records: list[Outgoing]) -> Delivery: ...
+    def wait(self, d: Delivery) -> None: ...
+    def deliver(self, records: list[Outgoing]) -> None: ...
+    def close(self) -> None: ...
+
+
+def open_sink(settings: Settings) -> BatchSink:
+    """The producer of `kafka.client`; raises KafkaError if it cannot start."""
+    if settings.kafka.client == "librdkafka":
+        from detector.rdkafka import RdKafkaSink
+
+        return RdKafkaSink(settings)
+    return KafkaSink(settings)
+
+
+def open_source(
+    settings: Settings, on_commit_error: Callable[[Exception], None] | None = None
+) -> BatchSource:
+    """The consumer of `kafka.client`, not yet connected."""
+    if settings.kafka.client == "librdkafka":
+        from detector.rdkafka import RdKafkaSource  # confluent-kafka loads only if chosen
+
+        return RdKafkaSource(settings, on_commit_error)
+    return KafkaSource(settings, on_commit_error)
+
+
 class KafkaSource:
     """Polls batches (by size or time, whichever comes first) and commits explicit offsets."""
 
@@ -157,6 +198,10 @@ class KafkaSource:
         self._commit_in_flight = False
         self._newest: dict[TopicPartition, OffsetAndMetadata] = {}  # for the final commit
         self._unsent: dict[TopicPartition, OffsetAndMetadata] = {}
+
+    @property
+    def connected(self) -> bool:
+        return self.consumer is not None
 
     def connect(self) -> KafkaSource:
         """One attempt; raises KafkaError when the broker is unreachable, ConfigError when it
@@ -206,12 +251,12 @@ class KafkaSource:
         self.consumer = consumer
         return self
 
-    def poll_batch(self, max_size: int, max_wait_ms: int) -> list[ConsumerRecord]:
+    def poll_batch(self, max_size: int, max_wait_ms: int) -> Batch:
         """Records from assigned partitions, in offset order per partition: waits up to
         IDLE_POLL_MS for the first, then takes everything already fetched and waits at
         most `max_wait_ms` more for the batch to fill."""
         assert self.consumer is not None
-        records: list[ConsumerRecord] = []
+        records: list[Any] = []
         generation = self.rebalance.generation
         polled = self.consumer.poll(timeout_ms=IDLE_POLL_MS, max_records=max_size)
         deadline = time.monotonic() + max_wait_ms / 1000.0
@@ -229,7 +274,7 @@ class KafkaSource:
             # longer own will be redelivered to their new owner; don't score them twice.
             owned = self.consumer.assignment()
             records = [r for r in records if TopicPartition(r.topic, r.partition) in owned]
-        return records
+        return Batch(records, KAFKA_PYTHON)
 
     def commit(self, last: dict[TopicPartition, int]) -> None:
         """Commit past the last offset of each partition of a batch, without waiting for

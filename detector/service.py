@@ -48,15 +48,16 @@ from detector.events import (
 )
 from detector.http import Health, HttpServer
 from detector.kafka import (
-    ConsumerRecord,
+    BatchSink,
+    BatchSource,
     Delivery,
-    KafkaSink,
-    KafkaSource,
     TopicPartition,
-    last_offsets,
+    open_sink,
+    open_source,
 )
 from detector.metrics import Metrics, Reference
 from detector.notify import Notifier
+from detector.records import Batch
 from detector.registry import resolve
 from detector.reload import ModelWatcher, mapping_with, model_fields
 from detector.scorer import Decisions, Scorer, Scores, decide
@@ -99,7 +100,7 @@ def mapping_for(settings: Settings, bundle: Bundle) -> Mapping:
 class InFlight:
     """A scored batch whose records were sent; committed once they are acknowledged."""
 
-    batch: list[ConsumerRecord]
+    batch: Batch
     decoded: Decoded
     scores: Scores
     decisions: Decisions
@@ -115,8 +116,8 @@ class Detector:
         self,
         settings: Settings,
         scorer: Scorer,
-        source: KafkaSource,
-        sink: KafkaSink,
+        source: BatchSource,
+        sink: BatchSink,
         metrics: Metrics,
         health: Health,
         stop: threading.Event,
@@ -207,7 +208,7 @@ class Detector:
                 self._serve(candidate)  # between two batches: each batch is one model's
                 log.info("model swapped: %s -> %s", old, self.model_id[1])
         self._watch_rebalance()
-        if self.source.consumer is None:  # a rejoin that could not connect: try again
+        if not self.source.connected:  # a rejoin that could not connect: try again
             self._report_health()
             try:
                 self.source.connect()
@@ -234,12 +235,12 @@ class Detector:
                 self.stop.wait(0.5)
         return len(batch)
 
-    def process(self, batch: list[ConsumerRecord]) -> None:
+    def process(self, batch: Batch) -> None:
         """Decode and score `batch`, settle the batch before it, then send this one's records."""
         started = time.perf_counter()
-        values = [r.value for r in batch]
+        values = batch.values
         decoded = decode_batch(values, self.mapping)
-        event_ms = event_times(decoded, [r.timestamp for r in batch])
+        event_ms = event_times(decoded, batch.timestamps)
         decoded = self._with_behaviour(decoded, event_ms)
         inputs, decoded, event_ms = self._windows(batch, decoded, event_ms)
         t0 = time.perf_counter()
@@ -264,7 +265,7 @@ class Detector:
         self._await(f.delivery)
         self.in_flight = None
         try:
-            self.source.commit(last := last_offsets(f.batch))
+            self.source.commit(last := f.batch.last_offsets())
         except (CommitFailedError, KafkaError) as e:
             # The group moved on (rebalance): the new owner replays from the last commit.
             self.metrics.kafka_errors.labels("commit").inc()
@@ -278,7 +279,7 @@ class Detector:
         kafka-python when a rebalance follows right after a join) rejoins as a new member.
         Between batches, so nothing uncommitted is in hand."""
         now = time.monotonic()
-        if self.source.consumer is None or self.source.group_stable():
+        if not self.source.connected or self.source.group_stable():
             self._unstable_since = None
             return
         if self._unstable_since is None:
@@ -296,7 +297,7 @@ class Detector:
         self.source.close()  # the next step connects again, as a new member
 
     def _windows(
-        self, batch: list[ConsumerRecord], decoded: Decoded, event_ms: np.ndarray
+        self, batch: Batch, decoded: Decoded, event_ms: np.ndarray
     ) -> tuple[np.ndarray, Decoded, np.ndarray]:
         """Model inputs, and the decoded rows and event times they decide. Windowed models
         see [M, W, F] windows from per-entity state; warm-up and late rows drop out here
@@ -307,12 +308,12 @@ class Detector:
         keys = decoded.keys
         if keys is None:
             keys = [
-                k.decode("utf-8", "replace") if (k := batch[i].key) is not None else None
-                for i in idx
+                k.decode("utf-8", "replace") if k is not None else None
+                for k in batch.column("key", idx)
             ]
         w = self.state.windows(
-            [batch[i].topic for i in idx],
-            np.fromiter((batch[i].partition for i in idx), dtype=np.int64, count=len(idx)),
+            batch.column("topic", idx),
+            np.array(batch.column("partition", idx), dtype=np.int64),
             keys,
             event_ms,
             decoded.x,
@@ -417,7 +418,7 @@ class Detector:
 
     def _outgoing(
         self,
-        batch: list[ConsumerRecord],
+        batch: Batch,
         decoded: Decoded,
         scores: Scores,
         decisions: Decisions,
@@ -433,7 +434,7 @@ class Detector:
             r = batch[decoded.index[j]]
             return r.topic, r.partition, r.offset
 
-        keys = decoded.keys if decoded.keys is not None else [batch[i].key for i in decoded.index]
+        keys = decoded.keys if decoded.keys is not None else batch.column("key", decoded.index)
         transitions = self.episodes.update(decisions.anomaly, event_ms, keys, source_of)
         for state, n in Counter(tr.state for tr in transitions).items():
             self.metrics.alert_events.labels(state).inc(n)
@@ -487,7 +488,7 @@ class Detector:
                     t.dlq,
                     r.key,
                     r.value or b"",
-                    dlq_headers(list(r.headers or []), src, rej.reason, rej.detail, version),
+                    dlq_headers(r.headers, src, rej.reason, rej.detail, version),
                 )
             )
         if t.scores:
@@ -530,7 +531,7 @@ class Detector:
 
     def _record(self, f: InFlight, last: dict[TopicPartition, int]) -> None:
         m = self.metrics
-        for topic, n in Counter(r.topic for r in f.batch).items():
+        for topic, n in f.batch.topic_counts().items():
             m.consumed.labels(topic).inc(n)
         m.scored.inc(len(f.decoded.index))
         n_anomalies = int(f.decisions.anomaly.sum())
@@ -547,7 +548,7 @@ class Detector:
         # Decided = its records acknowledged (scored, for a batch with nothing to publish).
         since = f.event_ms
         if self.settings.payload.latency_from == "kafka_timestamp":
-            since = kafka_times(f.decoded, [r.timestamp for r in f.batch])
+            since = kafka_times(f.decoded, f.batch.timestamps)
         m.latency.observe_many((f.delivery.acked_at * 1000.0 - since) / 1000.0)
         m.scores.observe_many(f.scores.score)
         m.recent.observe_many("live", f.scores.score)
@@ -616,14 +617,14 @@ def run(settings: Settings, stop: threading.Event, reload: threading.Event | Non
         stack.callback(http.stop)
         log.info("metrics and probes on http://%s:%d", settings.http.host, http.port)
         notifier.ready(f"model {bundle.label} on {scorer.provider}")
-        source = KafkaSource(
+        source = open_source(
             settings, on_commit_error=lambda e: metrics.kafka_errors.labels("commit").inc()
         )
         if _with_backoff("connect to Kafka", source.connect, stop, health, metrics) is None:
             return 0
         stack.callback(source.close)
         sink = _with_backoff(
-            "start the producer", lambda: KafkaSink(settings), stop, health, metrics
+            "start the producer", lambda: open_sink(settings), stop, health, metrics
         )
         if sink is None:
             return 0

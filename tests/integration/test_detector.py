@@ -52,20 +52,32 @@ def expected_anomalies(bundle_dir: Path, x: np.ndarray) -> np.ndarray:
     return s.score(x).score > s.threshold
 
 
+# Both consumer clients keep the contract: librdkafka (the default) and kafka-python.
+CLIENTS = pytest.mark.parametrize("client", ["librdkafka", "kafka-python"])
+
+
+@CLIENTS
 def test_end_to_end_events_offsets_and_metrics(
-    kafka_bootstrap: str, make_topic, bundle_dir: Path, tmp_path: Path
+    kafka_bootstrap: str, make_topic, bundle_dir: Path, tmp_path: Path, client: str
 ) -> None:
     topic = make_topic("e2e", partitions=2)
     records, x, labels = telemetry(300, seed=11)
     positions = produce(kafka_bootstrap, topic, records)
     want = expected_anomalies(bundle_dir, x)
+    group = f"g-e2e-{client}"
     d = start_detector(
-        tmp_path, kafka_bootstrap, bundle_dir, topic, "g-e2e", topics__scores=f"{topic}.scores"
+        tmp_path,
+        kafka_bootstrap,
+        bundle_dir,
+        topic,
+        group,
+        topics__scores=f"{topic}.scores",
+        kafka__client=client,
     )
     try:
         d.wait_ready()
         wait_for(
-            lambda: committed_all(kafka_bootstrap, "g-e2e", topic),
+            lambda: committed_all(kafka_bootstrap, group, topic),
             60,
             "offsets committed to the end",
         )
@@ -120,19 +132,30 @@ BAD = {
 }
 
 
+@CLIENTS
 def test_each_bad_input_lands_in_the_dlq_with_its_reason(
-    kafka_bootstrap: str, make_topic, bundle_dir: Path, tmp_path: Path
+    kafka_bootstrap: str, make_topic, bundle_dir: Path, tmp_path: Path, client: str
 ) -> None:
     topic = make_topic("dlq")
     good = orjson.dumps({f: 1.0 for f in FEATURES_SYNTH})
     records = [(b"k", good)] + [(reason.encode(), v) for reason, v in BAD.items()] + [(b"k", good)]
     produce(kafka_bootstrap, topic, records)
     d = start_detector(
-        tmp_path, kafka_bootstrap, bundle_dir, topic, "g-dlq", payload__max_bytes="4096"
+        tmp_path,
+        kafka_bootstrap,
+        bundle_dir,
+        topic,
+        f"g-dlq-{client}",
+        payload__max_bytes="4096",
+        kafka__client=client,
     )
     try:
         d.wait_ready()
-        wait_for(lambda: committed_all(kafka_bootstrap, "g-dlq", topic), 60, "offsets committed")
+        wait_for(
+            lambda: committed_all(kafka_bootstrap, f"g-dlq-{client}", topic),
+            60,
+            "offsets committed",
+        )
         dlq = read_all(kafka_bootstrap, f"{topic}.dlq")
         for reason in BAD:
             assert d.metric("vigil_invalid_messages_total", {"reason": reason}) == 1, reason
@@ -150,15 +173,17 @@ def test_each_bad_input_lands_in_the_dlq_with_its_reason(
         assert h["vigil.detail"]
 
 
+@CLIENTS
 def test_sigterm_mid_stream_loses_nothing(
-    kafka_bootstrap: str, make_topic, bundle_dir: Path, tmp_path: Path
+    kafka_bootstrap: str, make_topic, bundle_dir: Path, tmp_path: Path, client: str
 ) -> None:
     topic = make_topic("term", partitions=2)
     records, _, _ = telemetry(6000, seed=3, fault_rate=0.05)  # 24,000 messages
     positions = produce(kafka_bootstrap, topic, records)
     scores_topic = f"{topic}.scores"
-    extra = {"topics__scores": scores_topic, "batch__max_size": "500"}
-    d = start_detector(tmp_path, kafka_bootstrap, bundle_dir, topic, "g-term", **extra)
+    extra = {"topics__scores": scores_topic, "batch__max_size": "500", "kafka__client": client}
+    group = f"g-term-{client}"
+    d = start_detector(tmp_path, kafka_bootstrap, bundle_dir, topic, group, **extra)
     d.wait_ready()
     wait_for(lambda: d.metric("vigil_messages_scored_total") > 1000, 60, "some progress")
     t0 = time.monotonic()
@@ -166,12 +191,10 @@ def test_sigterm_mid_stream_loses_nothing(
     assert time.monotonic() - t0 < 15
     first = len(read_all(kafka_bootstrap, scores_topic))
     assert first < len(records), "stopped too late to test anything"
-    d2 = start_detector(tmp_path, kafka_bootstrap, bundle_dir, topic, "g-term", **extra)
+    d2 = start_detector(tmp_path, kafka_bootstrap, bundle_dir, topic, group, **extra)
     try:
         d2.wait_ready()
-        wait_for(
-            lambda: committed_all(kafka_bootstrap, "g-term", topic), 90, "catch-up after restart"
-        )
+        wait_for(lambda: committed_all(kafka_bootstrap, group, topic), 90, "catch-up after restart")
     finally:
         assert d2.terminate() == 0
     decided = {

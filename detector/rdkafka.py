@@ -1,0 +1,395 @@
+"""Source and sink on librdkafka (confluent-kafka): the contracts of `KafkaSource` and
+`KafkaSink`.
+
+librdkafka fetches, checks CRCs and parses record batches in C threads that do not hold
+the GIL, so the loop's core is left to decoding and scoring. Its callbacks (rebalance,
+commit results, errors, statistics) run inside `consume`, on the loop's own thread.
+Errors surface as kafka-python's `KafkaError` types, which the service already handles.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from operator import methodcaller
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import KafkaError as RdError
+from confluent_kafka import TopicPartition as RdPartition
+from kafka.errors import KafkaConfigurationError, KafkaConnectionError, KafkaError
+from kafka.structs import TopicPartition
+
+from detector.errors import ConfigError, PublishError
+from detector.events import Outgoing
+from detector.kafka import Delivery
+from detector.records import LIBRDKAFKA, Batch
+from detector.settings import KafkaSettings, Settings
+
+__all__ = ["RdKafkaSink", "RdKafkaSource", "rd_config"]
+
+log = logging.getLogger(__name__)
+IDLE_POLL_S = 0.1  # how long a poll waits when nothing comes: the loop's beat when idle
+STATS_INTERVAL_MS = 2_000  # broker states for /readyz, parsed on the loop's thread
+
+
+def rd_config(k: KafkaSettings) -> dict[str, Any]:
+    """librdkafka's names for the connection and security settings."""
+    cfg: dict[str, Any] = {
+        "bootstrap.servers": ",".join(s.strip() for s in k.bootstrap_servers.split(",")),
+        "client.id": k.client_id,
+        "security.protocol": k.security_protocol.lower(),
+        "socket.timeout.ms": k.request_timeout_ms,
+        "reconnect.backoff.max.ms": 5_000,
+    }
+    if k.security_protocol in ("SSL", "SASL_SSL"):
+        if k.ssl_cafile:
+            cfg["ssl.ca.location"] = str(k.ssl_cafile)
+        if k.ssl_certfile:
+            cfg["ssl.certificate.location"] = str(k.ssl_certfile)
+        if k.ssl_keyfile:
+            cfg["ssl.key.location"] = str(k.ssl_keyfile)
+        cfg["ssl.endpoint.identification.algorithm"] = "https" if k.ssl_check_hostname else "none"
+    if k.security_protocol.startswith("SASL"):
+        cfg["sasl.mechanism"] = k.sasl_mechanism
+        cfg["sasl.username"] = k.username
+        cfg["sasl.password"] = k.secret()
+    return cfg
+
+
+_error = methodcaller("error")
+
+
+def _tp(p: Any) -> TopicPartition:
+    return TopicPartition(p.topic, p.partition)
+
+
+class RdKafkaSource:
+    """Polls batches (by size or time, whichever comes first) and commits explicit offsets."""
+
+    def __init__(
+        self, settings: Settings, on_commit_error: Callable[[Exception], None] | None = None
+    ):
+        self.settings = settings
+        self.on_commit_error = on_commit_error
+        self.consumer: Consumer | None = None
+        self._owned: set[TopicPartition] = set()
+        self._revoked: set[TopicPartition] = set()
+        self._lock = threading.Lock()  # callbacks run on this thread; close() may not
+        self._newest: dict[TopicPartition, int] = {}  # next offsets, for the final commit
+        self._unsent: dict[TopicPartition, int] = {}  # offsets of commits that failed
+        self._brokers_up: bool | None = None  # from the statistics; None before the first
+        self._fatal: Exception | None = None  # what the error callback saw at connect
+
+    # -- connection ----------------------------------------------------------------------
+    def connect(self) -> RdKafkaSource:
+        """One attempt; raises KafkaError when the broker is unreachable, ConfigError when it
+        refuses the credentials or the client does not trust its certificate."""
+        k = self.settings.kafka
+        self._fatal = None
+        try:
+            consumer = Consumer(
+                {
+                    **rd_config(k),
+                    "group.id": k.group_id,
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": k.auto_offset_reset,
+                    "session.timeout.ms": k.session_timeout_ms,
+                    "max.poll.interval.ms": k.max_poll_interval_ms,
+                    "fetch.wait.max.ms": k.fetch_max_wait_ms,
+                    "max.partition.fetch.bytes": 4 * 1024 * 1024,
+                    "check.crcs": True,
+                    "statistics.interval.ms": STATS_INTERVAL_MS,
+                    "error_cb": self._on_error,
+                    "stats_cb": self._on_stats,
+                    "on_commit": self._on_commit,
+                    "logger": logging.getLogger("librdkafka"),
+                }
+            )
+        except KafkaException as e:
+            raise KafkaConfigurationError(str(e.args[0])) from e
+        try:
+            consumer.list_topics(timeout=5.0)  # a real request: is a broker there?
+        except KafkaException as e:
+            consumer.poll(0)  # serves the error callback: was it a refusal?
+            consumer.close()
+            raise self._refusal(k) or KafkaConnectionError(str(e.args[0])) from e
+        t = self.settings.topics
+        topics = [f"^{t.input_pattern}"] if t.input_pattern else list(t.input)
+        consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self._brokers_up = True
+        self.consumer = consumer
+        return self
+
+    def _refusal(self, k: KafkaSettings) -> ConfigError | None:
+        """What to fix when the broker refused this client's security settings, if it did."""
+        e = self._fatal
+        if e is None:
+            return None
+        if e.args[0].code() == RdError._AUTHENTICATION:
+            return ConfigError(
+                f"Kafka at {k.bootstrap_servers} refused the credentials of user "
+                f"{k.username!r} ({k.sasl_mechanism}): check kafka.username and "
+                f"kafka.password or kafka.password_file ({e})"
+            )
+        text = e.args[0].str() if isinstance(e.args[0], RdError) else str(e)
+        detail = text[text.find("certificate verify failed") :].split(",")[0]
+        return ConfigError(
+            f"the TLS certificate of Kafka at {k.bootstrap_servers} is not trusted ({detail}): "
+            "set kafka.ssl_cafile to the CA that signed it, or check kafka.ssl_check_hostname"
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self.consumer is not None
+
+    # -- callbacks (inside consume, on the loop's thread) --------------------------------
+    def _on_error(self, err: RdError) -> None:
+        code = err.code()
+        if code == RdError._AUTHENTICATION or (
+            code in (RdError._SSL, RdError._TRANSPORT) and "certificate verify failed" in err.str()
+        ):
+            self._fatal = KafkaException(err)
+        if code == RdError._ALL_BROKERS_DOWN:
+            self._brokers_up = False
+        log.debug("librdkafka: %s", err)
+
+    def _on_stats(self, text: str) -> None:
+        brokers = orjson.loads(text).get("brokers", {})
+        self._brokers_up = any(b.get("state") == "UP" for b in brokers.values())
+
+    def _on_assign(self, consumer: Consumer, partitions: list[RdPartition]) -> None:
+        with self._lock:
+            self._owned |= {_tp(p) for p in partitions}
+        log.info("partitions assigned: %s", sorted(_tp(p) for p in partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[RdPartition]) -> None:
+        gone = {_tp(p) for p in partitions}
+        with self._lock:
+            self._owned -= gone
+            self._revoked |= gone
+        log.info("partitions revoked: %s", sorted(gone))
+
+    def _on_commit(self, err: RdError | None, partitions: list[RdPartition]) -> None:
+        failed = err is not None or any(p.error is not None for p in partitions)
+        if not failed:
+            return
+        with self._lock:
+            for p in partitions:  # sent again with the next, unless newer offsets wait
+                if p.offset >= 0:
+                    self._unsent.setdefault(_tp(p), p.offset)
+        log.debug("commit failed, sent again: %s", err)
+        if self.on_commit_error is not None:
+            self.on_commit_error(KafkaError(str(err)))
+
+    # -- the loop's calls ----------------------------------------------------------------
+    def poll_batch(self, max_size: int, max_wait_ms: int) -> Batch:
+        """Records from assigned partitions, in offset order per partition: takes what is
+        fetched already (waiting up to IDLE_POLL_S for the first), then waits at most
+        `max_wait_ms` more for the batch to fill."""
+        assert self.consumer is not None
+        c = self.consumer
+        try:
+            msgs = c.consume(max_size, 0) or c.consume(1, IDLE_POLL_S)
+            if msgs and len(msgs) < max_size and max_wait_ms > 0:
+                msgs += c.consume(max_size - len(msgs), max_wait_ms / 1000.0)
+        except KafkaException as e:
+            raise KafkaError(str(e.args[0])) from e
+        if any(map(_error, msgs)):
+            for m in msgs:
+                if m.error() is not None:
+                    log.warning("consume: %s", m.error())
+            msgs = [m for m in msgs if m.error() is None]
+        batch = Batch(msgs, LIBRDKAFKA)
+        if self._revoked:  # records of partitions revoked meanwhile go to their new owner
+            owned = self._owned
+            batch = batch.only(lambda t, p: TopicPartition(t, p) in owned)
+        return batch
+
+    def commit(self, last: dict[TopicPartition, int]) -> None:
+        """Commit past the last offset of each owned partition, without waiting for the
+        broker's answer; a failed commit's offsets go out again with the next."""
+        with self._lock:
+            offsets = {tp: o + 1 for tp, o in last.items()}
+            self._newest.update(offsets)
+            self._unsent.update(offsets)
+        self.flush_commits()
+
+    def flush_commits(self) -> None:
+        if self.consumer is None:
+            return
+        with self._lock:
+            owned = {tp: o for tp, o in self._unsent.items() if tp in self._owned}
+            self._unsent = {}
+        if owned:
+            parts = [RdPartition(tp.topic, tp.partition, o) for tp, o in owned.items()]
+            try:
+                self.consumer.commit(offsets=parts, asynchronous=True)
+            except KafkaException as e:
+                raise KafkaError(str(e.args[0])) from e
+
+    def lag(self, last: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        assert self.consumer is not None
+        out = {}
+        for tp, off in last.items():
+            if tp not in self._owned:
+                continue
+            # The high watermark that came with the last fetch: no request.
+            _, high = self.consumer.get_watermark_offsets(
+                RdPartition(tp.topic, tp.partition), cached=True
+            )
+            if high >= 0:
+                out[tp] = max(0, high - off - 1)
+        return out
+
+    def take_revoked(self) -> set[TopicPartition]:
+        """Partitions revoked since the last call (their entity state must go)."""
+        with self._lock:
+            revoked, self._revoked = self._revoked, set()
+        return revoked
+
+    def assigned(self) -> int:
+        return len(self._owned) if self.consumer is not None else 0
+
+    def group_stable(self) -> bool:
+        """librdkafka completes its rebalances itself: no rejoin watchdog needed."""
+        return self.consumer is not None
+
+    def broker_reachable(self) -> bool:
+        return self.consumer is not None and bool(self._brokers_up)
+
+    def keepalive(self) -> None:
+        """Stay in the group while a batch is being retried: poll with nothing to fetch."""
+        if self.consumer is None:
+            return
+        c = self.consumer
+        parts = c.assignment()
+        c.pause(parts)
+        try:
+            stray = c.consume(1, 0)
+        finally:
+            c.resume(parts)
+        for m in stray:  # fetched before the pause: it must be read again, not skipped
+            if m.error() is None:
+                c.seek(RdPartition(m.topic(), m.partition(), m.offset()))
+
+    def close(self) -> None:
+        if self.consumer is None:
+            return
+        c, self.consumer = self.consumer, None
+        with self._lock:
+            newest = {tp: o for tp, o in self._newest.items() if tp in self._owned}
+            self._newest, self._unsent = {}, {}
+        if newest:  # the async commits may still be in flight: make sure of them
+            parts = [RdPartition(tp.topic, tp.partition, o) for tp, o in newest.items()]
+            try:
+                c.commit(offsets=parts, asynchronous=False)
+            except KafkaException as e:
+                log.warning("final commit failed; the owner replays from the one before: %s", e)
+        try:
+            c.close()  # leaves the group promptly
+        except (KafkaException, RuntimeError) as e:
+            log.warning("closing the consumer: %s", e)
+        with self._lock:
+            self._owned = set()
+
+
+class RdDelivery(Delivery):
+    """One batch's records on their way to the broker, counted down by delivery reports
+    (which librdkafka hands out inside `poll` and `flush`, on the loop's thread)."""
+
+    def __init__(self, records: list[Outgoing], producer: Producer):
+        super().__init__(records)
+        self.producer = producer
+        self.pending = 0
+        self.failures: list[str] = []
+        self.sent_at = time.time()
+
+    def _report(self, err: RdError | None, msg: Any) -> None:
+        self.pending -= 1
+        if err is not None:
+            self.failures.append(err.str())
+        else:  # when the acknowledgement came, not when this report is served
+            self.acked_at = max(self.acked_at, self.sent_at + (msg.latency() or 0.0))
+
+    def done(self) -> bool:
+        if self.pending and self.error is None:
+            self.producer.poll(0)
+        return self.error is not None or self.pending == 0
+
+
+class RdKafkaSink:
+    """Sends a batch's records without waiting; `wait` returns once all are acknowledged."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings.kafka
+        self.timeout_s = self.settings.delivery_timeout_ms / 1000.0
+        self.producer = self._producer()
+
+    def _producer(self) -> Producer:
+        k = self.settings
+        try:
+            return Producer(
+                {
+                    **rd_config(k),
+                    "acks": "all",
+                    "enable.idempotence": True,  # retries never duplicate or reorder a key's events
+                    "linger.ms": 2,
+                    "delivery.timeout.ms": k.delivery_timeout_ms,
+                    "logger": logging.getLogger("librdkafka"),
+                }
+            )
+        except KafkaException as e:
+            raise KafkaConfigurationError(str(e.args[0])) from e
+
+    def send(self, records: list[Outgoing]) -> RdDelivery:
+        d = RdDelivery(records, self.producer)
+        for r in records:
+            try:
+                self.producer.produce(
+                    r.topic, r.value, r.key, headers=r.headers, on_delivery=d._report
+                )
+            except BufferError:  # the local queue is full: let it drain, then once more
+                self.producer.poll(1.0)
+                try:
+                    self.producer.produce(
+                        r.topic, r.value, r.key, headers=r.headers, on_delivery=d._report
+                    )
+                except (BufferError, KafkaException) as e:
+                    d.error = KafkaError(str(e))
+                    break
+            except KafkaException as e:
+                d.error = KafkaError(str(e.args[0]))
+                break
+            d.pending += 1
+        self.producer.poll(0)
+        return d
+
+    def wait(self, d: Delivery) -> None:
+        """Raise PublishError unless every record of `d` is acknowledged."""
+        assert isinstance(d, RdDelivery)
+        if d.error is None and d.pending:
+            self.producer.flush(self.timeout_s)
+        if d.error is not None or d.pending or d.failures:
+            failed = d.pending + len(d.failures)
+            first = d.error or (d.failures[0] if d.failures else "not acknowledged in time")
+            # Some refusals leave librdkafka's idempotent producer in a fatal state: the
+            # batch is sent again on a fresh one (what is still queued is dropped).
+            self.producer.purge()
+            self.producer.flush(0)
+            self.producer = self._producer()
+            raise PublishError(
+                f"{failed or len(d.records)} of {len(d.records)} records not acknowledged: {first}"
+            )
+
+    def deliver(self, records: list[Outgoing]) -> None:
+        """Send and wait: raise PublishError unless every record is acknowledged."""
+        self.wait(self.send(records))
+
+    def close(self) -> None:
+        remaining = self.producer.flush(5.0)
+        if remaining:
+            log.warning("closing the producer with %d records unacknowledged", remaining)

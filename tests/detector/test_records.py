@@ -1,0 +1,116 @@
+"""A batch reads the same columns from kafka-python's records and librdkafka's messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import TopicPartition
+
+from detector.rdkafka import rd_config
+from detector.records import KAFKA_PYTHON, LIBRDKAFKA, Batch, Record
+from detector.settings import KafkaSettings
+
+ROWS = [  # topic, partition, offset, key, value, timestamp, headers
+    ("a", 0, 5, b"k1", b'{"x": 1}', 1_000, [("h", b"1")]),
+    ("a", 1, 9, None, b'{"x": 2}', 1_001, []),
+    ("a", 0, 6, b"k1", b'{"x": 3}', 1_002, []),
+    ("b", 0, 2, b"k2", None, -1, []),
+]
+
+
+def kafka_python(rows: list[tuple]) -> list[ConsumerRecord]:
+    return [
+        ConsumerRecord(t, p, -1, o, ts, 0, k, v, h, None, len(k or b""), len(v or b""), -1)
+        for t, p, o, k, v, ts, h in rows
+    ]
+
+
+@dataclass
+class Message:  # confluent_kafka.Message's reading methods (the C type cannot be built)
+    t: str
+    p: int
+    o: int
+    k: bytes | None
+    v: bytes | None
+    ts: int
+    h: list[tuple[str, bytes]]
+
+    def topic(self) -> str:
+        return self.t
+
+    def partition(self) -> int:
+        return self.p
+
+    def offset(self) -> int:
+        return self.o
+
+    def key(self) -> bytes | None:
+        return self.k
+
+    def value(self) -> bytes | None:
+        return self.v
+
+    def timestamp(self) -> tuple[int, int]:
+        return (0 if self.ts < 0 else 1, self.ts)
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self.h or None
+
+
+@pytest.fixture(params=["kafka-python", "librdkafka"])
+def batch(request: pytest.FixtureRequest) -> Batch:
+    if request.param == "kafka-python":
+        return Batch(kafka_python(ROWS), KAFKA_PYTHON)
+    return Batch([Message(*r) for r in ROWS], LIBRDKAFKA)
+
+
+def test_columns(batch: Batch) -> None:
+    assert len(batch) == 4 and batch
+    assert batch.values == [r[4] for r in ROWS]
+    assert batch.timestamps == [r[5] for r in ROWS]
+    assert batch.column("key", [0, 3]) == [b"k1", b"k2"]
+    assert batch.column("partition", [1, 2]) == [1, 0]
+
+
+def test_one_record_with_everything(batch: Batch) -> None:
+    assert batch[0] == Record("a", 0, 5, b"k1", b'{"x": 1}', 1_000, [("h", b"1")])
+    assert batch[3].headers == [] and batch[3].value is None
+
+
+def test_last_offsets_per_partition(batch: Batch) -> None:
+    assert batch.last_offsets() == {
+        TopicPartition("a", 0): 6,
+        TopicPartition("a", 1): 9,
+        TopicPartition("b", 0): 2,
+    }
+    assert batch.topic_counts() == {"a": 3, "b": 1}
+
+
+def test_only_keeps_owned_partitions(batch: Batch) -> None:
+    kept = batch.only(lambda t, p: (t, p) != ("a", 0))
+    assert [kept[i].offset for i in range(len(kept))] == [9, 2]
+    assert not batch.only(lambda t, p: False)
+
+
+def test_rd_config_names_the_security_settings(tmp_path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    k = KafkaSettings(
+        bootstrap_servers="b1:9093, b2:9093",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        username="vigil",
+        password="s3cret",
+        ssl_cafile=ca,
+        ssl_check_hostname=False,
+    )
+    cfg = rd_config(k)
+    assert cfg["bootstrap.servers"] == "b1:9093,b2:9093"
+    assert cfg["security.protocol"] == "sasl_ssl"
+    assert cfg["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert (cfg["sasl.username"], cfg["sasl.password"]) == ("vigil", "s3cret")
+    assert cfg["ssl.ca.location"] == str(ca)
+    assert cfg["ssl.endpoint.identification.algorithm"] == "none"
+    assert "sasl.username" not in rd_config(KafkaSettings())
