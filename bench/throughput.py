@@ -40,6 +40,9 @@ from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
 from tests.integration.kafka_helpers import committed_all, start_detector, wait_for  # noqa: E402
 
 N_FEATURES = 52
+# The load is paced in ticks: what is due is handed to the producer every 2 ms (one write
+# and one wake-up per tick instead of per message: the load costs the cores little).
+TICK_S = 0.002
 
 
 def free_port() -> int:
@@ -93,7 +96,10 @@ def make_windowed_model(workdir: Path, names: list[str]) -> Path:
 
 
 def produce(bootstrap: str, topic: str, n: int, names: list[str]) -> int:
-    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=512 * 1024)
+    """`n` telemetry messages (librdkafka's producer: the topic fills in seconds)."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 512 * 1024})
     base = telemetry(10_000, seed=1, anomalous=0.02)
     size = 0
     for i in range(n):
@@ -105,9 +111,14 @@ def produce(bootstrap: str, topic: str, n: int, names: list[str]) -> int:
             }
         )
         size += len(value)
-        p.send(topic, key=f"unit-{i % 16}".encode(), value=value)
+        while True:
+            try:
+                p.produce(topic, value, f"unit-{i % 16}".encode())
+                break
+            except BufferError:  # the local queue is full: let it drain
+                p.poll(0.05)
+        p.poll(0)
     p.flush()
-    p.close()
     return size // n
 
 
@@ -245,6 +256,80 @@ def _latency_buckets(d) -> list[tuple[float, float]]:
     return sorted(buckets)
 
 
+def transport_latency(
+    bootstrap: str, topic: str, names: list[str], rate: int, seconds: float, linger_ms: int
+) -> dict[str, float]:
+    """The floor under decision latency on this machine: the same load, read by a bare
+    confluent-kafka consumer that only notes how old each message is when it arrives; and
+    meanwhile, what an acknowledged write (acks=all, as the detector's events) takes, at 2%
+    of the load's rate."""
+    import threading
+
+    from confluent_kafka import Consumer, Producer
+
+    ages: list[float] = []
+    stop = threading.Event()
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"transport-{time.time()}",
+            "auto.offset.reset": "latest",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 20,
+        }
+    )
+    c.subscribe([topic])
+
+    def read() -> None:
+        while not stop.is_set():
+            for m in c.consume(1000, 0.002):
+                ages.append(time.time() * 1000.0 - m.timestamp()[1])
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        wait_for(lambda: bool(c.assignment()), 30, "the transport consumer's assignment")
+        p = _Load("kcat", bootstrap, topic, linger_ms)
+        acks = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 2})
+        acked: list[float] = []
+        rows = telemetry(1_000, seed=3)
+        docs = [orjson.dumps({k: float(v) for k, v in zip(names, r, strict=False)}) for r in rows]
+        start, i = time.perf_counter(), 0
+        while (now := time.perf_counter()) - start < seconds:
+            due = int((now - start) * rate)
+            for j in range(i, due):
+                p.send(f"unit-{j % 16}".encode(), docs[j % len(docs)])
+                if j % 50 == 0:
+                    acks.produce(
+                        f"{topic}.acks", docs[0], on_delivery=lambda e, m: acked.append(m.latency())
+                    )
+            i = max(i, due)
+            acks.poll(0)
+            p.flush_soon()
+            time.sleep(TICK_S)
+        p.flush()
+        p.close()
+        acks.flush(10)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        reader.join()
+        c.close()
+    a = np.asarray(ages[len(ages) // 5 :])  # after a fifth: the group join and first fetches
+    p50, p99 = np.percentile(a, [50, 99])
+    ack = np.asarray(acked[len(acked) // 5 :]) * 1000.0
+    ack50, ack99 = np.percentile(ack, [50, 99])
+    return {
+        "offered_msg_per_s": rate,
+        "measured": len(a),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "ack_p50_ms": ack50,
+        "ack_p99_ms": ack99,
+        "acks_measured": len(ack),
+    }
+
+
 def latency(
     bootstrap: str,
     topic: str,
@@ -265,6 +350,7 @@ def latency(
     as a producer on another machine would) or "python" (kafka-python's producer in this
     process, which takes a good part of a core at 5,000 msg/s)."""
     group = f"vigil-lat-{time.time()}"
+    broker = int((workdir / "kafka" / "kafka.pid").read_text())
     d = start_detector(
         workdir, bootstrap, model, topic, group, kafka__auto_offset_reset="latest", **detector_env
     )
@@ -279,19 +365,28 @@ def latency(
         t_measure, t_end = start + warmup_s, start + warmup_s + seconds
         while (now := time.perf_counter()) < t_end:
             if not before and now >= t_measure and d.metric("vigil_messages_scored_total") > 0:
-                p.flush()
                 before = _latency_buckets(d)
                 sent_before = i
-                cpu_before = (_cpu_seconds(d.proc.pid), _machine_busy(), time.perf_counter())
-            p.send(f"unit-{i % 16}".encode(), docs[i % len(docs)])
-            i += 1
-            ahead = i / rate - (time.perf_counter() - start)
-            if ahead > 0:
-                p.flush_soon()
-                time.sleep(ahead)
+                cpu_before = (
+                    _cpu_seconds(d.proc.pid),
+                    _machine_busy(),
+                    time.perf_counter(),
+                    _cpu_seconds(broker),
+                )
+            due = int((now - start) * rate)
+            for j in range(i, due):
+                p.send(f"unit-{j % 16}".encode(), docs[j % len(docs)])
+            i = max(i, due)
+            p.flush_soon()
+            time.sleep(TICK_S)
         p.flush()
         p.close()
-        cpu_after = (_cpu_seconds(d.proc.pid), _machine_busy(), time.perf_counter())
+        cpu_after = (
+            _cpu_seconds(d.proc.pid),
+            _machine_busy(),
+            time.perf_counter(),
+            _cpu_seconds(broker),
+        )
         time.sleep(2)
         after = _latency_buckets(d)
         assert before, "the detector consumed nothing during the warm-up"
@@ -315,6 +410,7 @@ def latency(
             "p99_le_s": q(0.99),
             "share_le_50ms": next(c for le, c in buckets if le == 0.05) / total,
             "detector_cpu": (cpu_after[0] - cpu_before[0]) / (cpu_after[2] - cpu_before[2]),
+            "broker_cpu": (cpu_after[3] - cpu_before[3]) / (cpu_after[2] - cpu_before[2]),
             "machine_cpu": (cpu_after[1] - cpu_before[1])
             / (cpu_after[2] - cpu_before[2])
             / (os.cpu_count() or 1),
@@ -466,7 +562,13 @@ def main() -> int:
     ap.add_argument(
         "--latency-only", action="store_true", help="measure latency only; print, write nothing"
     )
-    ap.add_argument("--producer-linger-ms", type=int, default=0, help="the load's producer")
+    ap.add_argument(
+        "--producer-linger-ms",
+        type=int,
+        default=5,
+        help="the load's producer (5: librdkafka's default; at 1 ms the broker here spends "
+        "most of a core on tiny produce requests and the transport alone takes 150-380 ms)",
+    )
     ap.add_argument(
         "--load",
         choices=("kcat", "python"),
@@ -504,7 +606,13 @@ def main() -> int:
         names = load_bundle(model).features
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         admin.create_topics(
-            [NewTopic("bench", a.partitions, 1), NewTopic("latency", a.partitions, 1)]
+            [
+                NewTopic("bench", a.partitions, 1),
+                NewTopic("bench-group", a.partitions, 1),
+                NewTopic("latency", a.partitions, 1),
+                NewTopic("transport", a.partitions, 1),
+                NewTopic("transport.acks", 1, 1),
+            ]
         )
         admin.close()
 
@@ -524,6 +632,9 @@ def main() -> int:
 
         if a.latency_only:
             lat = measure_latency(**dict(kv.split("=", 1) for kv in a.set))
+            lat["transport"] = transport_latency(  # type: ignore[assignment]
+                bootstrap, "transport", names, a.latency_rate, 10.0, a.producer_linger_ms
+            )
             print(json.dumps(lat, indent=2))
             return 0
         print(f"producing {a.messages} messages…", flush=True)
@@ -551,8 +662,11 @@ def main() -> int:
         results["vigil_windowed"] = vigil(bootstrap, "bench", windowed, a.messages, workdir)
         print("vigil windowed", results["vigil_windowed"], flush=True)
         procs = os.cpu_count() or 1
+        # The group's own, longer topic: its members settle only after a join and a
+        # rebalance, and the first reads alone meanwhile; enough must be left after that.
+        produce(bootstrap, "bench-group", 3 * a.messages, names)
         results["vigil_group"] = vigil_group(
-            bootstrap, "bench", model, a.messages, workdir, procs, a.partitions
+            bootstrap, "bench-group", model, 3 * a.messages, workdir, procs, a.partitions
         )
         print("vigil group", results["vigil_group"], flush=True)
         results["peer_tutorial_msg_per_s"] = peer_tutorial(
@@ -565,6 +679,11 @@ def main() -> int:
         print("peer (b)", results["peer_quix_msg_per_s"], flush=True)
         results["latency"] = measure_latency()
         results["latency_load"] = a.load
+        results["latency_load_linger_ms"] = a.producer_linger_ms
+        results["transport_latency"] = transport_latency(
+            bootstrap, "transport", names, a.latency_rate, 10.0, a.producer_linger_ms
+        )
+        print("transport", results["transport_latency"], flush=True)
         print("latency", results["latency"], flush=True)
         results["inference_rows_per_s"] = inference(model)
     finally:
@@ -600,6 +719,8 @@ def main() -> int:
     (out / "throughput.json").write_text(json.dumps(results, indent=2) + "\n")
     lat = results["latency"]
     assert isinstance(lat, dict)
+    tr = results["transport_latency"]
+    assert isinstance(tr, dict)
     inf = results["inference_rows_per_s"]
     assert isinstance(inf, dict)
     md = [
@@ -641,8 +762,14 @@ def main() -> int:
         f"Decision latency at {lat['offered_msg_per_s']} msg/s offered: p50 <= {lat['p50_le_s'] * 1000:.1f} ms, "
         f"p99 <= {lat['p99_le_s'] * 1000:.1f} ms (histogram bucket bounds; {lat['share_le_50ms']:.1%} "
         f"within 50 ms), over {lat['measured']:,.0f} messages after a 5 s warm-up; the detector "
-        f"used {lat['detector_cpu']:.0%} of a core, the machine {lat['machine_cpu']:.0%} of its "
-        f"{os.cpu_count()} cores.",
+        f"used {lat['detector_cpu']:.0%} of a core, the broker {lat['broker_cpu']:.0%}, the machine "
+        f"{lat['machine_cpu']:.0%} of its "
+        f"{os.cpu_count()} cores. The load: kcat with linger.ms = {results['latency_load_linger_ms']}.",
+        "",
+        f"The floor under it, the same load read by a bare confluent-kafka consumer: p50 "
+        f"{tr['p50_ms']:.1f} ms, p99 {tr['p99_ms']:.1f} ms (exact, over {tr['measured']:,} messages); "
+        f"an acknowledged write (acks=all, linger 2 ms, as the detector's events) meanwhile: "
+        f"p50 {tr['ack_p50_ms']:.1f} ms, p99 {tr['ack_p99_ms']:.1f} ms over {tr['acks_measured']:,} writes.",
         "",
         f"Detector RSS: peak {v['peak_rss_mb']:.0f} MB, steady {v['steady_rss_mb']:.0f} MB.",
         "",

@@ -198,6 +198,7 @@ class KafkaSource:
         self._commit_in_flight = False
         self._newest: dict[TopicPartition, OffsetAndMetadata] = {}  # for the final commit
         self._unsent: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._next_commit = 0.0  # monotonic time before which no commit is sent
 
     @property
     def connected(self) -> bool:
@@ -289,12 +290,15 @@ class KafkaSource:
         self.flush_commits()
 
     def flush_commits(self) -> None:
-        """Send the offsets not yet committed, unless a commit request is in flight."""
+        """Send the offsets not yet committed, unless a commit request is in flight or the
+        last went out less than kafka.commit_interval_ms ago."""
         if self.consumer is None:
             return
+        now = time.monotonic()
         with self._commit_lock:
-            if self._commit_in_flight or not self._unsent:
+            if self._commit_in_flight or not self._unsent or now < self._next_commit:
                 return
+            self._next_commit = now + self.settings.kafka.commit_interval_ms / 1000.0
             owned = self.consumer.assignment()  # a revoked partition is its new owner's
             offsets = {tp: o for tp, o in self._unsent.items() if tp in owned}
             self._unsent = {}

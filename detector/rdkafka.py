@@ -80,7 +80,8 @@ class RdKafkaSource:
         self._revoked: set[TopicPartition] = set()
         self._lock = threading.Lock()  # callbacks run on this thread; close() may not
         self._newest: dict[TopicPartition, int] = {}  # next offsets, for the final commit
-        self._unsent: dict[TopicPartition, int] = {}  # offsets of commits that failed
+        self._unsent: dict[TopicPartition, int] = {}  # not yet sent, or sent and failed
+        self._next_commit = 0.0  # monotonic time before which no commit is sent
         self._brokers_up: bool | None = None  # from the statistics; None before the first
         self._fatal: Exception | None = None  # what the error callback saw at connect
 
@@ -211,7 +212,8 @@ class RdKafkaSource:
 
     def commit(self, last: dict[TopicPartition, int]) -> None:
         """Commit past the last offset of each owned partition, without waiting for the
-        broker's answer; a failed commit's offsets go out again with the next."""
+        broker's answer (at most once per kafka.commit_interval_ms: the newest offsets go
+        with the next); a failed commit's offsets go out again with the next."""
         with self._lock:
             offsets = {tp: o + 1 for tp, o in last.items()}
             self._newest.update(offsets)
@@ -219,8 +221,12 @@ class RdKafkaSource:
         self.flush_commits()
 
     def flush_commits(self) -> None:
-        if self.consumer is None:
+        """Send the offsets not yet committed, unless the last commit went out less than
+        kafka.commit_interval_ms ago."""
+        now = time.monotonic()
+        if self.consumer is None or not self._unsent or now < self._next_commit:
             return
+        self._next_commit = now + self.settings.kafka.commit_interval_ms / 1000.0
         with self._lock:
             owned = {tp: o for tp, o in self._unsent.items() if tp in self._owned}
             self._unsent = {}

@@ -11,6 +11,7 @@ committed, so a key's events keep their order and a failed batch is retried alon
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -650,6 +651,11 @@ def run(settings: Settings, stop: threading.Event, reload: threading.Event | Non
             settings.topics.input_pattern or settings.topics.input,
             settings.kafka.group_id,
         )
+        # What start-up loaded (ONNX Runtime, numpy, pydantic: some 60,000 objects) lives as
+        # long as the process: out of the collector's sight, a full collection takes
+        # microseconds instead of 40 ms that would land on some batch's latency.
+        gc.collect()
+        gc.freeze()
         try:
             while not stop.is_set():
                 if reload is not None and reload.is_set():

@@ -91,6 +91,10 @@ class KafkaSettings(_Section):
     # kafka-python keeps one fetch per broker in flight, for the partitions with nothing
     # buffered; records of the others wait until it returns: this bounds that wait.
     fetch_max_wait_ms: int = Field(default=20, ge=1, le=500)
+    # At most one offset commit per interval, carrying the newest offsets: each commit is a
+    # write to the broker's offsets log, and one per small batch cost the broker more CPU
+    # than the stream itself. A crash replays at most this much more; 0: after every batch.
+    commit_interval_ms: int = Field(default=1_000, ge=0, le=60_000)
 
     @model_validator(mode="after")
     def _consistent(self) -> KafkaSettings:
@@ -214,7 +218,10 @@ class StateSettings(_Section):
 
 class BatchSettings(_Section):
     max_size: int = Field(default=2_000, ge=1, le=1_000_000)
-    max_wait_ms: int = Field(default=20, ge=0, le=60_000)
+    # Batches also form on their own while the one before is scored and acknowledged; a
+    # longer wait for a fuller batch saves CPU but adds to latency (bench/throughput.py:
+    # at 5,000 msg/s, 2 ms gave p50 <= 25 ms, 20 ms gave p50 <= 100 ms).
+    max_wait_ms: int = Field(default=2, ge=0, le=60_000)
 
 
 class HttpSettings(_Section):

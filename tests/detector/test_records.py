@@ -114,3 +114,41 @@ def test_rd_config_names_the_security_settings(tmp_path) -> None:
     assert cfg["ssl.ca.location"] == str(ca)
     assert cfg["ssl.endpoint.identification.algorithm"] == "none"
     assert "sasl.username" not in rd_config(KafkaSettings())
+
+
+class FakeConsumer:
+    """Records the commits a source sends (the throttle is pure logic; the broker side is
+    proven by the integration tests)."""
+
+    def __init__(self) -> None:
+        self.commits: list[tuple[dict[tuple[str, int], int], bool]] = []
+
+    def commit(self, offsets: list, asynchronous: bool) -> None:
+        self.commits.append(({(p.topic, p.partition): p.offset for p in offsets}, asynchronous))
+
+    def close(self) -> None:
+        pass
+
+
+def test_commits_go_out_at_most_once_per_interval_with_the_newest_offsets() -> None:
+    from types import SimpleNamespace
+
+    from detector.rdkafka import RdKafkaSource
+
+    settings = SimpleNamespace(kafka=KafkaSettings(commit_interval_ms=200))
+    src = RdKafkaSource(settings)  # type: ignore[arg-type]
+    fake = FakeConsumer()
+    src.consumer = fake  # type: ignore[assignment]
+    a0, a1 = TopicPartition("a", 0), TopicPartition("a", 1)
+    src._owned = {a0, a1}
+    src.commit({a0: 9})
+    src.commit({a0: 19, a1: 4})  # within the interval: held back
+    src.flush_commits()
+    assert fake.commits == [({("a", 0): 10}, True)]
+    src._next_commit = 0.0  # the interval has passed
+    src.flush_commits()
+    assert fake.commits[-1] == ({("a", 0): 20, ("a", 1): 5}, True)
+    src.commit({a0: 29, a1: 7})
+    src._owned = {a0}  # a1 revoked meanwhile: its offsets are its new owner's
+    src.close()  # the newest offsets, synchronously, whatever the interval
+    assert fake.commits[-1] == ({("a", 0): 30}, False)
