@@ -40,6 +40,7 @@ from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
 from tests.integration.kafka_helpers import committed_all, start_detector, wait_for  # noqa: E402
 
 N_FEATURES = 52
+OUT = ROOT / "bench" / "results"
 # The load is paced in ticks: what is due is handed to the producer every 2 ms (one write
 # and one wake-up per tick instead of per message: the load costs the cores little).
 TICK_S = 0.002
@@ -184,7 +185,8 @@ def vigil(
         d.wait_ready()
         t0 = time.perf_counter()
         done = ("vigil_messages_scored_total", "vigil_invalid_messages_total")
-        done += ("vigil_warmup_samples_total",)  # windowed models: each unit's first W - 1
+        # Windowed models: each unit's first W - 1, and rows older than their unit's newest.
+        done += ("vigil_warmup_samples_total", "vigil_late_samples_total")
         while sum(d.metric(m) for m in done) < n:
             peak = max(peak, rss_mb(d.proc.pid))
             time.sleep(0.25)  # each scrape costs the detector a little CPU
@@ -550,6 +552,81 @@ def peer_quix(bootstrap: str, topic: str, model: Path, names: list[str], n: int)
     return (seen["n"] - 1) / (seen["t1"] - seen["t0"])
 
 
+def render(results: dict) -> None:  # type: ignore[type-arg]
+    """bench/results/throughput.md from the run's figures."""
+    v, vk, w, g = (results[k] for k in ("vigil_dense", "vigil_dense_kafka_python",
+                                        "vigil_windowed", "vigil_group"))  # fmt: skip
+    lat = results["latency"]
+    assert isinstance(lat, dict)
+    tr = results["transport_latency"]
+    assert isinstance(tr, dict)
+    inf = results["inference_rows_per_s"]
+    assert isinstance(inf, dict)
+    md = [
+        f"# Throughput ({results['date']}, {results['machine']['cpus']} cores)",
+        "",
+        f"`{results['command']}`: {results['messages']} messages of about {results['message_bytes']} "
+        f"bytes (52 named features as JSON), {results['partitions']} partitions, local broker.",
+        "",
+        "2% of the messages are anomalous (one channel 8 units off), as in a real stream.",
+        "",
+        "| what | msg/s | ratio |",
+        "|---|---:|---:|",
+        f"| bare kafka-python consumer (ceiling, best of 3: "
+        f"{', '.join(f'{r:,.0f}' for r in results['ceiling_runs_msg_per_s'])}) | "  # type: ignore[union-attr]
+        f"{results['ceiling_msg_per_s']:,.0f} | 1.00 |",
+        f"| bare confluent-kafka consumer (librdkafka; for reference) | "
+        f"{results['bare_confluent_msg_per_s']:,.0f} | "
+        f"{results['bare_confluent_msg_per_s'] / results['ceiling_msg_per_s']:.2f} |",  # type: ignore[operator]
+        f"| vigil-detect run, dense model (librdkafka, the default client) | {v['msg_per_s']:,.0f} | {results['ratio_vigil_to_ceiling']:.2f} |",
+        f"| vigil-detect run, dense model, `kafka.client=kafka-python` | {vk['msg_per_s']:,.0f} | "
+        f"{results['ratio_kafka_python_to_ceiling']:.2f} |",
+        f"| vigil-detect run, windowed (W = 20, lags 3, window-mean, 16 units) | {w['msg_per_s']:,.0f} | "
+        f"{results['ratio_windowed_to_ceiling']:.2f} |",
+        f"| vigil-detect run x {g['processes']}, dense, one consumer group (one process per core) | "
+        + (
+            f"{g['msg_per_s']:,.0f} | {results['ratio_group_to_ceiling']:.2f} |"
+            if g["msg_per_s"]
+            else f"not measured: only {g['measured']:,.0f} messages were left once the group "
+            "settled | |"
+        ),
+        f"| peer (a): tutorial loop, torch per message | {results['peer_tutorial_msg_per_s']:,.0f} | "
+        f"vigil is {results['ratio_vigil_to_peer_tutorial']:.1f}x faster"
+        + (
+            f" (the group of {g['processes']}: {results['ratio_group_to_peer_tutorial']:.1f}x) |"
+            if results.get("ratio_group_to_peer_tutorial")
+            else " |"
+        ),
+        f"| peer (b): Quix Streams, ONNX Runtime per message (confluent-kafka) | "
+        f"{results['peer_quix_msg_per_s']:,.0f} | vigil is {results['ratio_vigil_to_peer_quix']:.2f}x as fast |",
+        "",
+        "The processes share the 2 cores with the broker (and, for latency, with the load "
+        "generator): a second process adds what the broker leaves free.",
+        "",
+        f"Decision latency at {lat['offered_msg_per_s']} msg/s offered: p50 <= {lat['p50_le_s'] * 1000:.1f} ms, "
+        f"p99 <= {lat['p99_le_s'] * 1000:.1f} ms (histogram bucket bounds; {lat['share_le_50ms']:.1%} "
+        f"within 50 ms), over {lat['measured']:,.0f} messages after a 5 s warm-up; the detector "
+        f"used {lat['detector_cpu']:.0%} of a core, the broker {lat['broker_cpu']:.0%}, the machine "
+        f"{lat['machine_cpu']:.0%} of its "
+        f"{results['machine']['cpus']} cores. The load: kcat with linger.ms = {results['latency_load_linger_ms']}.",
+        "",
+        f"The floor under it, the same load read by a bare confluent-kafka consumer: p50 "
+        f"{tr['p50_ms']:.1f} ms, p99 {tr['p99_ms']:.1f} ms (exact, over {tr['measured']:,} messages); "
+        f"an acknowledged write (acks=all, linger 2 ms, as the detector's events) meanwhile: "
+        f"p50 {tr['ack_p50_ms']:.1f} ms, p99 {tr['ack_p99_ms']:.1f} ms over {tr['acks_measured']:,} writes.",
+        "",
+        f"Detector RSS: peak {v['peak_rss_mb']:.0f} MB, steady {v['steady_rss_mb']:.0f} MB "
+        f"(the windowed model: peak {w['peak_rss_mb']:.0f} MB, steady {w['steady_rss_mb']:.0f} MB, "
+        "with batches of 5,000 windows).",
+        "",
+        "ONNX Runtime alone, CPU, rows/s by batch size: "
+        + ", ".join(f"{b}: {r:,.0f}" for b, r in inf.items()),
+        "",
+    ]
+    (OUT / "throughput.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -581,7 +658,13 @@ def main() -> int:
         default=[],
         help="with --latency-only: detector setting, e.g. batch__max_wait_ms=5",
     )
+    ap.add_argument(
+        "--render", action="store_true", help="rewrite the markdown from the last JSON; run nothing"
+    )
     a = ap.parse_args()
+    if a.render:
+        render(json.loads((OUT / "throughput.json").read_text()))
+        return 0
     workdir = Path(tempfile.mkdtemp(prefix="vigil-bench-"))
     port = free_port()
     subprocess.run(
@@ -714,71 +797,12 @@ def main() -> int:
     }
     results["command"] = " ".join(["python", "bench/throughput.py", *sys.argv[1:]])
     results["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "throughput.json").write_text(json.dumps(results, indent=2) + "\n")
-    lat = results["latency"]
-    assert isinstance(lat, dict)
-    tr = results["transport_latency"]
-    assert isinstance(tr, dict)
-    inf = results["inference_rows_per_s"]
-    assert isinstance(inf, dict)
-    md = [
-        f"# Throughput ({results['date']}, {os.cpu_count()} cores)",
-        "",
-        f"`{results['command']}`: {a.messages} messages of about {msg_bytes} bytes (52 named features as JSON), "
-        f"{a.partitions} partitions, local broker.",
-        "",
-        "2% of the messages are anomalous (one channel 8 units off), as in a real stream.",
-        "",
-        "| what | msg/s | ratio |",
-        "|---|---:|---:|",
-        f"| bare kafka-python consumer (ceiling, best of 3: "
-        f"{', '.join(f'{r:,.0f}' for r in results['ceiling_runs_msg_per_s'])}) | "  # type: ignore[union-attr]
-        f"{results['ceiling_msg_per_s']:,.0f} | 1.00 |",
-        f"| bare confluent-kafka consumer (librdkafka; for reference) | "
-        f"{results['bare_confluent_msg_per_s']:,.0f} | "
-        f"{results['bare_confluent_msg_per_s'] / results['ceiling_msg_per_s']:.2f} |",  # type: ignore[operator]
-        f"| vigil-detect run, dense model | {v['msg_per_s']:,.0f} | {results['ratio_vigil_to_ceiling']:.2f} |",
-        f"| vigil-detect run, dense model, `kafka.client=kafka-python` | {vk['msg_per_s']:,.0f} | "
-        f"{results['ratio_kafka_python_to_ceiling']:.2f} |",
-        f"| vigil-detect run, windowed (W = 20, lags 3, window-mean, 16 units) | {w['msg_per_s']:,.0f} | "
-        f"{results['ratio_windowed_to_ceiling']:.2f} |",
-        f"| vigil-detect run x {g['processes']}, dense, one consumer group (one process per core) | "
-        + (
-            f"{g['msg_per_s']:,.0f} | {results['ratio_group_to_ceiling']:.2f} |"
-            if g["msg_per_s"]
-            else f"not measured: only {g['measured']:,.0f} messages were left once the group "
-            "settled | |"
-        ),
-        f"| peer (a): tutorial loop, torch per message | {results['peer_tutorial_msg_per_s']:,.0f} | "
-        f"vigil is {results['ratio_vigil_to_peer_tutorial']:.1f}x faster |",
-        f"| peer (b): Quix Streams, ONNX Runtime per message (confluent-kafka) | "
-        f"{results['peer_quix_msg_per_s']:,.0f} | vigil is {results['ratio_vigil_to_peer_quix']:.2f}x as fast |",
-        "",
-        "The processes share the 2 cores with the broker (and, for latency, with the load "
-        "generator): a second process adds what the broker leaves free.",
-        "",
-        f"Decision latency at {lat['offered_msg_per_s']} msg/s offered: p50 <= {lat['p50_le_s'] * 1000:.1f} ms, "
-        f"p99 <= {lat['p99_le_s'] * 1000:.1f} ms (histogram bucket bounds; {lat['share_le_50ms']:.1%} "
-        f"within 50 ms), over {lat['measured']:,.0f} messages after a 5 s warm-up; the detector "
-        f"used {lat['detector_cpu']:.0%} of a core, the broker {lat['broker_cpu']:.0%}, the machine "
-        f"{lat['machine_cpu']:.0%} of its "
-        f"{os.cpu_count()} cores. The load: kcat with linger.ms = {results['latency_load_linger_ms']}.",
-        "",
-        f"The floor under it, the same load read by a bare confluent-kafka consumer: p50 "
-        f"{tr['p50_ms']:.1f} ms, p99 {tr['p99_ms']:.1f} ms (exact, over {tr['measured']:,} messages); "
-        f"an acknowledged write (acks=all, linger 2 ms, as the detector's events) meanwhile: "
-        f"p50 {tr['ack_p50_ms']:.1f} ms, p99 {tr['ack_p99_ms']:.1f} ms over {tr['acks_measured']:,} writes.",
-        "",
-        f"Detector RSS: peak {v['peak_rss_mb']:.0f} MB, steady {v['steady_rss_mb']:.0f} MB.",
-        "",
-        "ONNX Runtime alone, CPU, rows/s by batch size: "
-        + ", ".join(f"{b}: {r:,.0f}" for b, r in inf.items()),
-        "",
-    ]
-    (out / "throughput.md").write_text("\n".join(md))
-    print("\n".join(md))
+    results["ratio_group_to_peer_tutorial"] = (
+        g["msg_per_s"] / results["peer_tutorial_msg_per_s"] if g["msg_per_s"] else None  # type: ignore[operator]
+    )
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "throughput.json").write_text(json.dumps(results, indent=2) + "\n")
+    render(results)
     return 0
 
 
