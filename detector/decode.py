@@ -10,6 +10,7 @@ ones are bad and why: bad input costs time only when it is there.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -362,10 +363,14 @@ def _decode_all(values: Sequence[bytes | None], m: Mapping, s: _Schema) -> Decod
         if not values or min(map(len, values)) == 0 or max(map(len, values)) > m.max_bytes:  # type: ignore[arg-type]
             return None
         docs = list(map(s.decoder.decode, values))  # type: ignore[arg-type]
-        numeric = np.array(list(map(s.features, docs)), dtype=np.float64)
+        # Every decoded message has exactly len(m.numeric) numbers (struct fields, or an
+        # array of checked length): one flat pass, half the time of np.array on row tuples.
+        k = len(m.numeric)
+        flat = itertools.chain.from_iterable(map(s.features, docs))
+        numeric = np.fromiter(flat, dtype=np.float64, count=len(docs) * k)
     except (msgspec.MsgspecError, ValueError, TypeError):  # TypeError: a None value
         return None
-    numeric = numeric.reshape(len(docs), len(m.numeric))
+    numeric = numeric.reshape(len(docs), k)
     if not (np.isfinite(numeric).all() and (np.abs(numeric) <= _FLOAT32_MAX).all()):
         return None
     if m.numeric_bounds is not None:  # on the values as sent, as `_decode_one` checks them
