@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -258,6 +259,17 @@ def _latency_buckets(d) -> list[tuple[float, float]]:
     return sorted(buckets)
 
 
+def _paced(rate: int, start: float, until: float) -> Iterator[tuple[float, range]]:
+    """Every TICK_S until `until`: the time, and the indices of the messages due since the
+    last tick at `rate` per second from `start`."""
+    sent = 0
+    while (now := time.perf_counter()) < until:
+        due = int((now - start) * rate)
+        yield now, range(sent, due)
+        sent = max(sent, due)
+        time.sleep(TICK_S)
+
+
 def transport_latency(
     bootstrap: str, topic: str, names: list[str], rate: int, seconds: float, linger_ms: int
 ) -> dict[str, float]:
@@ -296,19 +308,16 @@ def transport_latency(
         acked: list[float] = []
         rows = telemetry(1_000, seed=3)
         docs = [orjson.dumps({k: float(v) for k, v in zip(names, r, strict=False)}) for r in rows]
-        start, i = time.perf_counter(), 0
-        while (now := time.perf_counter()) - start < seconds:
-            due = int((now - start) * rate)
-            for j in range(i, due):
+        start = time.perf_counter()
+        for _, due in _paced(rate, start, start + seconds):
+            for j in due:
                 p.send(f"unit-{j % 16}".encode(), docs[j % len(docs)])
                 if j % 50 == 0:
                     acks.produce(
                         f"{topic}.acks", docs[0], on_delivery=lambda e, m: acked.append(m.latency())
                     )
-            i = max(i, due)
             acks.poll(0)
             p.flush_soon()
-            time.sleep(TICK_S)
         p.flush()
         p.close()
         acks.flush(10)
@@ -362,25 +371,22 @@ def latency(
         rows = telemetry(10_000, seed=2, anomalous=0.02)
         docs = [orjson.dumps({k: float(v) for k, v in zip(names, r, strict=False)}) for r in rows]
         before: list[tuple[float, float]] = []
-        i = 0
         start = time.perf_counter()
         t_measure, t_end = start + warmup_s, start + warmup_s + seconds
-        while (now := time.perf_counter()) < t_end:
+        for now, due in _paced(rate, start, t_end):
             if not before and now >= t_measure and d.metric("vigil_messages_scored_total") > 0:
                 before = _latency_buckets(d)
-                sent_before = i
+                sent_before = due.start
                 cpu_before = (
                     _cpu_seconds(d.proc.pid),
                     _machine_busy(),
                     time.perf_counter(),
                     _cpu_seconds(broker),
                 )
-            due = int((now - start) * rate)
-            for j in range(i, due):
+            for j in due:
                 p.send(f"unit-{j % 16}".encode(), docs[j % len(docs)])
-            i = max(i, due)
+            sent = due.stop
             p.flush_soon()
-            time.sleep(TICK_S)
         p.flush()
         p.close()
         cpu_after = (
@@ -406,7 +412,7 @@ def latency(
             Path(os.environ["VIGIL_BENCH_DUMP"]).write_bytes(body)
         return {
             "offered_msg_per_s": rate,
-            "sent": i - sent_before,
+            "sent": sent - sent_before,
             "measured": total,
             "p50_le_s": q(0.5),
             "p99_le_s": q(0.99),

@@ -82,21 +82,30 @@ _refused = _RefusedBootstrap()
 logging.getLogger("kafka.net.manager").addFilter(_refused)
 
 
+def credentials_refused(k: KafkaSettings, detail: str) -> ConfigError:
+    """What to fix when the broker refuses the SASL credentials (either client)."""
+    return ConfigError(
+        f"Kafka at {k.bootstrap_servers} refused the credentials of user {k.username!r} "
+        f"({k.sasl_mechanism}): check kafka.username and kafka.password or "
+        f"kafka.password_file ({detail})"
+    )
+
+
+def certificate_untrusted(k: KafkaSettings, detail: str) -> ConfigError:
+    """What to fix when this client does not trust the broker's certificate (either client)."""
+    return ConfigError(
+        f"the TLS certificate of Kafka at {k.bootstrap_servers} is not trusted ({detail}): "
+        "set kafka.ssl_cafile to the CA that signed it, or check kafka.ssl_check_hostname"
+    )
+
+
 def refusal(k: KafkaSettings) -> ConfigError | None:
     """What to fix when the broker refused this client's security settings, if it did."""
     cause, _refused.cause = _refused.cause, None
     if isinstance(cause, SaslAuthenticationFailedError):
-        return ConfigError(
-            f"Kafka at {k.bootstrap_servers} refused the credentials of user {k.username!r} "
-            f"({k.sasl_mechanism}): check kafka.username and kafka.password or "
-            f"kafka.password_file ({cause.__class__.__name__})"
-        )
+        return credentials_refused(k, cause.__class__.__name__)
     if cause is not None:
-        detail = str(cause).split("] ", 1)[-1]
-        return ConfigError(
-            f"the TLS certificate of Kafka at {k.bootstrap_servers} is not trusted ({detail}): "
-            "set kafka.ssl_cafile to the CA that signed it, or check kafka.ssl_check_hostname"
-        )
+        return certificate_untrusted(k, str(cause).split("] ", 1)[-1])
     return None
 
 
@@ -160,7 +169,6 @@ class BatchSink(Protocol):
 
     def send(self, records: list[Outgoing]) -> Delivery: ...
     def wait(self, d: Delivery) -> None: ...
-    def deliver(self, records: list[Outgoing]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -270,12 +278,13 @@ class KafkaSource:
             # or a partition whose records sit in the client's buffer falls behind.
             timeout = max(0, int((deadline - time.monotonic()) * 1000))
             polled = self.consumer.poll(timeout_ms=timeout, max_records=max_size - len(records))
+        batch = Batch(records, KAFKA_PYTHON)
         if records and self.rebalance.generation != generation:
             # A rebalance happened while the batch filled: records of partitions we no
             # longer own will be redelivered to their new owner; don't score them twice.
             owned = self.consumer.assignment()
-            records = [r for r in records if TopicPartition(r.topic, r.partition) in owned]
-        return Batch(records, KAFKA_PYTHON)
+            batch = batch.only(lambda t, p: TopicPartition(t, p) in owned)
+        return batch
 
     def commit(self, last: dict[TopicPartition, int]) -> None:
         """Commit past the last offset of each partition of a batch, without waiting for
@@ -451,10 +460,6 @@ class KafkaSink:
             self.close()
             self.producer = self._producer()
             raise
-
-    def deliver(self, records: list[Outgoing]) -> None:
-        """Send and wait: raise PublishError unless every record is acknowledged."""
-        self.wait(self.send(records))
 
     def _wait(self, d: Delivery) -> None:
         if d.error is not None:

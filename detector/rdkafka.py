@@ -25,7 +25,7 @@ from kafka.structs import TopicPartition
 
 from detector.errors import ConfigError, PublishError
 from detector.events import Outgoing
-from detector.kafka import Delivery
+from detector.kafka import Delivery, certificate_untrusted, credentials_refused
 from detector.records import LIBRDKAFKA, Batch
 from detector.settings import KafkaSettings, Settings
 
@@ -131,16 +131,10 @@ class RdKafkaSource:
         if e is None:
             return None
         if e.args[0].code() == RdError._AUTHENTICATION:
-            return ConfigError(
-                f"Kafka at {k.bootstrap_servers} refused the credentials of user "
-                f"{k.username!r} ({k.sasl_mechanism}): check kafka.username and "
-                f"kafka.password or kafka.password_file ({e})"
-            )
-        text = e.args[0].str() if isinstance(e.args[0], RdError) else str(e)
-        detail = text[text.find("certificate verify failed") :].split(",")[0]
-        return ConfigError(
-            f"the TLS certificate of Kafka at {k.bootstrap_servers} is not trusted ({detail}): "
-            "set kafka.ssl_cafile to the CA that signed it, or check kafka.ssl_check_hostname"
+            return credentials_refused(k, str(e))
+        text = e.args[0].str()
+        return certificate_untrusted(
+            k, text[text.find("certificate verify failed") :].split(",")[0]
         )
 
     @property
@@ -353,26 +347,22 @@ class RdKafkaSink:
 
     def send(self, records: list[Outgoing]) -> RdDelivery:
         d = RdDelivery(records, self.producer)
-        for r in records:
-            try:
-                self.producer.produce(
-                    r.topic, r.value, r.key, headers=r.headers, on_delivery=d._report
-                )
-            except BufferError:  # the local queue is full: let it drain, then once more
-                self.producer.poll(1.0)
-                try:
-                    self.producer.produce(
-                        r.topic, r.value, r.key, headers=r.headers, on_delivery=d._report
-                    )
-                except (BufferError, KafkaException) as e:
-                    d.error = KafkaError(str(e))
-                    break
-            except KafkaException as e:
-                d.error = KafkaError(str(e.args[0]))
-                break
-            d.pending += 1
+        try:
+            for r in records:
+                self._produce(r, d)
+                d.pending += 1
+        except (BufferError, KafkaException) as e:
+            d.error = KafkaError(str(e))
         self.producer.poll(0)
         return d
+
+    def _produce(self, r: Outgoing, d: RdDelivery) -> None:
+        send = self.producer.produce
+        try:
+            send(r.topic, r.value, r.key, headers=r.headers, on_delivery=d._report)
+        except BufferError:  # the local queue is full: let it drain, then once more
+            self.producer.poll(1.0)
+            send(r.topic, r.value, r.key, headers=r.headers, on_delivery=d._report)
 
     def wait(self, d: Delivery) -> None:
         """Raise PublishError unless every record of `d` is acknowledged."""
@@ -390,10 +380,6 @@ class RdKafkaSink:
             raise PublishError(
                 f"{failed or len(d.records)} of {len(d.records)} records not acknowledged: {first}"
             )
-
-    def deliver(self, records: list[Outgoing]) -> None:
-        """Send and wait: raise PublishError unless every record is acknowledged."""
-        self.wait(self.send(records))
 
     def close(self) -> None:
         remaining = self.producer.flush(5.0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property
 from operator import attrgetter, methodcaller
 from typing import Any
@@ -44,30 +44,15 @@ class Fields:
     headers: Callable[[Any], list[tuple[str, bytes]] | None]
 
 
-KAFKA_PYTHON = Fields(
-    topic=attrgetter("topic"),
-    partition=attrgetter("partition"),
-    offset=attrgetter("offset"),
-    key=attrgetter("key"),
-    value=attrgetter("value"),
-    timestamp=attrgetter("timestamp"),
-    headers=attrgetter("headers"),
-)
+_NAMES = [f.name for f in fields(Fields)]
+KAFKA_PYTHON = Fields(**{n: attrgetter(n) for n in _NAMES})
 
 
 def _rd_timestamp(m: Any) -> int:
     return m.timestamp()[1]  # (type, ms); ms is -1 when the type says "not available"
 
 
-LIBRDKAFKA = Fields(
-    topic=methodcaller("topic"),
-    partition=methodcaller("partition"),
-    offset=methodcaller("offset"),
-    key=methodcaller("key"),
-    value=methodcaller("value"),
-    timestamp=_rd_timestamp,
-    headers=methodcaller("headers"),
-)
+LIBRDKAFKA = Fields(**{n: methodcaller(n) for n in _NAMES} | {"timestamp": _rd_timestamp})
 
 
 class Batch:
@@ -97,6 +82,11 @@ class Batch:
     @cached_property
     def timestamps(self) -> list[int]:
         return list(map(self.fields.timestamp, self.raw))
+
+    def position(self, i: int) -> tuple[str, int, int]:
+        """Topic, partition and offset of record i (an event's source, without a Record)."""
+        r, f = self.raw[i], self.fields
+        return f.topic(r), f.partition(r), f.offset(r)
 
     def column(self, name: str, rows: Any) -> list[Any]:
         """One field of the records at `rows` (indices), e.g. the topics of windowed rows."""

@@ -432,8 +432,7 @@ class Detector:
         now_ms = time.time() * 1000.0
 
         def source_of(j: int) -> tuple[str, int, int]:
-            r = batch[decoded.index[j]]
-            return r.topic, r.partition, r.offset
+            return batch.position(decoded.index[j])
 
         keys = decoded.keys if decoded.keys is not None else batch.column("key", decoded.index)
         transitions = self.episodes.update(decisions.anomaly, event_ms, keys, source_of)
@@ -492,12 +491,11 @@ class Detector:
                     dlq_headers(r.headers, src, rej.reason, rej.detail, version),
                 )
             )
-        if t.scores:
-            for j in range(len(decoded.index)):
-                r = batch[decoded.index[j]]
-                key = entity_key(decoded, j, r.key)
+        if t.scores:  # a record per message: positions and keys only, no full Record
+            for j, raw_key in enumerate(keys):
+                key = entity_key(decoded, j, raw_key)
                 value = make_score_record(
-                    src=Source.of(r),
+                    src=Source(*source_of(j)),
                     key=key,
                     event_time_ms=float(event_ms[j]),
                     model_version=version,

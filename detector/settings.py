@@ -67,8 +67,8 @@ def _split(v: Any) -> Any:
 
 
 class KafkaSettings(_Section):
-    # The consumer's client. librdkafka fetches and parses in C threads beside the loop;
-    # kafka-python is pure Python (bench/results/throughput.md compares them).
+    # The client of the consumer and the producer. librdkafka fetches and parses in C threads
+    # beside the loop; kafka-python is pure Python (bench/results/throughput.md compares them).
     client: Literal["librdkafka", "kafka-python"] = "librdkafka"
     bootstrap_servers: str = "127.0.0.1:9092"
     client_id: str = "vigil-detector"
