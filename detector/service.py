@@ -40,12 +40,13 @@ from detector.episodes import Episodes
 from detector.errors import ConfigError, PublishError
 from detector.events import (
     CONTENT_TYPE,
+    EventRows,
     Outgoing,
     Source,
     dlq_headers,
-    iso_ms,
-    make_event,
-    make_score_record,
+    iso_ms_many,
+    make_events,
+    make_score_records,
 )
 from detector.http import Health, HttpServer
 from detector.kafka import (
@@ -351,7 +352,8 @@ class Detector:
         now, d = time.time(), f.decoded
         fields = d.entities or {}
         if self.mapping.key_field not in fields:  # the key names an entity of its own
-            keys = [entity_key(d, j, f.batch[d.index[j]].key) for j in rows]
+            raw = f.batch.column("key", d.index[rows])
+            keys = [entity_key(d, j, k) for j, k in zip(rows.tolist(), raw, strict=True)]
             self.metrics.top_entities.add("key", keys, now)
         for field, values in fields.items():
             self.metrics.top_entities.add(field, [values[j] for j in rows], now)
@@ -434,52 +436,29 @@ class Detector:
         def source_of(j: int) -> tuple[str, int, int]:
             return batch.position(decoded.index[j])
 
-        keys = decoded.keys if decoded.keys is not None else batch.column("key", decoded.index)
-        transitions = self.episodes.update(decisions.anomaly, event_ms, keys, source_of)
+        raw_keys = decoded.keys if decoded.keys is not None else batch.column("key", decoded.index)
+        transitions = self.episodes.update(decisions.anomaly, event_ms, raw_keys, source_of)
         for state, n in Counter(tr.state for tr in transitions).items():
             self.metrics.alert_events.labels(state).inc(n)
-        for tr in transitions:
-            j = tr.row
-            r = batch[decoded.index[j]]
-            key = entity_key(decoded, j, r.key)
-            event = make_event(
-                src=Source.of(r),
-                key=key,
-                event_time_ms=float(event_ms[j]),
+        if transitions:
+            rows = np.array([tr.row for tr in transitions], dtype=np.int64)
+            keys = [entity_key(decoded, j, raw_keys[j]) for j in rows.tolist()]
+            started = [np.nan if tr.started_ms is None else tr.started_ms for tr in transitions]
+            episodes: list[dict[str, object]] = [
+                {"id": tr.episode_id, "state": tr.state, "started_at": at, "alarms": tr.alarms}
+                for tr, at in zip(transitions, iso_ms_many(np.array(started)), strict=True)
+            ]
+            events = make_events(
+                self._event_rows(batch, decoded, scores, decisions, event_ms, rows, keys, episodes),
                 detected_ms=now_ms,
                 model=self.model_id,
-                score=float(scores.score[j]),
                 threshold=self.threshold,
                 features=self.scorer.features,
-                observed=decoded.x[j],
-                expected=scores.reconstruction[j],
-                top_index=decisions.top_index[j],
-                top_share=decisions.top_share[j],
-                entities={e: v[j] for e, v in decoded.entities.items()}
-                if decoded.entities
-                else None,
-                categorical={
-                    e.name: (decoded.categories[e.name][j], e.spec)
-                    for e in self.mapping.categorical
-                }
-                if decoded.categories
-                else None,
-                payload=self._payload_values(decoded, j) if self.behaviour is not None else None,
-                episode={
-                    "id": tr.episode_id,
-                    "state": tr.state,
-                    "started_at": iso_ms(tr.started_ms),
-                    "alarms": tr.alarms,
-                },
             )
-            out.append(
-                Outgoing(
-                    t.anomalies,
-                    key.encode() if key is not None else None,
-                    orjson.dumps(event),
-                    headers,
-                )
-            )
+            out += [
+                Outgoing(t.anomalies, _encoded(key), orjson.dumps(event), headers)
+                for event, key in zip(events, keys, strict=True)
+            ]
         for rej in decoded.rejects:
             r = batch[rej.index]
             src = Source.of(r)
@@ -492,21 +471,57 @@ class Detector:
                 )
             )
         if t.scores:  # a record per message: positions and keys only, no full Record
-            for j, raw_key in enumerate(keys):
-                key = entity_key(decoded, j, raw_key)
-                value = make_score_record(
-                    src=Source(*source_of(j)),
-                    key=key,
-                    event_time_ms=float(event_ms[j]),
-                    model_version=version,
-                    score=float(scores.score[j]),
-                    threshold=self.threshold,
-                    anomaly=bool(decisions.anomaly[j]),
-                )
-                out.append(
-                    Outgoing(t.scores, key.encode() if key is not None else None, value, headers)
-                )
+            keys = [entity_key(decoded, j, k) for j, k in enumerate(raw_keys)]
+            values = make_score_records(
+                sources=[Source(*source_of(j)) for j in range(len(keys))],
+                keys=keys,
+                event_time_ms=event_ms,
+                model_version=version,
+                score=scores.score,
+                threshold=self.threshold,
+                anomaly=decisions.anomaly,
+            )
+            out += [
+                Outgoing(t.scores, _encoded(key), value, headers)
+                for key, value in zip(keys, values, strict=True)
+            ]
         return out
+
+    def _event_rows(
+        self,
+        batch: Batch,
+        decoded: Decoded,
+        scores: Scores,
+        decisions: Decisions,
+        event_ms: np.ndarray,
+        rows: np.ndarray,
+        keys: list[str | None],
+        episodes: list[dict[str, object]],
+    ) -> EventRows:
+        """The columns of the decided rows `rows` that publish an event."""
+        rows_list = rows.tolist()
+        entities = categorical = payload = None
+        if decoded.entities:
+            entities = [{e: v[j] for e, v in decoded.entities.items()} for j in rows_list]
+        if decoded.categories:
+            cats, coded = decoded.categories, self.mapping.categorical
+            categorical = [{e.name: (cats[e.name][j], e.spec) for e in coded} for j in rows_list]
+        if self.behaviour is not None:
+            payload = [self._payload_values(decoded, j) for j in rows_list]
+        return EventRows(
+            sources=[Source(*batch.position(i)) for i in decoded.index[rows].tolist()],
+            keys=keys,
+            event_time_ms=event_ms[rows],
+            score=scores.score[rows],
+            observed=decoded.x[rows],
+            expected=scores.reconstruction[rows],
+            top_index=decisions.top_index[rows],
+            top_share=decisions.top_share[rows],
+            episodes=episodes,
+            entities=entities,
+            categorical=categorical,
+            payload=payload,
+        )
 
     def _await(self, delivery: Delivery) -> None:
         """Block until `delivery` is acknowledged, sending its records again (with backoff)
@@ -667,3 +682,7 @@ def run(settings: Settings, stop: threading.Event, reload: threading.Event | Non
         notifier.stopping()
         log.info("stopping: leaving the group and closing connections")
     return 0
+
+
+def _encoded(key: str | None) -> bytes | None:
+    return key.encode() if key is not None else None

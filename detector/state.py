@@ -73,14 +73,20 @@ class EntityState:
             return Windowed(
                 np.zeros((0, w, self.n_features), np.float32), np.zeros(0, np.int64), 0, 0
             )
-        ident = np.array(
-            [f"{t}\x00{p}\x00{k}" for t, p, k in zip(topics, partitions, keys, strict=True)]
+        # Each row's entity as a small integer: one dict lookup per row.
+        ids: dict[Key, int] = {}
+        entity = np.fromiter(
+            (
+                ids.setdefault((t, p, k or ""), len(ids))
+                for t, p, k in zip(topics, partitions.tolist(), keys, strict=True)
+            ),
+            dtype=np.int64,
+            count=n,
         )
-        _, inverse = np.unique(ident, return_inverse=True)
-        order = np.argsort(inverse, kind="stable")
-        bounds = np.flatnonzero(np.diff(inverse[order])) + 1
+        order = np.argsort(entity, kind="stable")
+        bounds = np.flatnonzero(np.diff(entity[order])) + 1
         now = time.monotonic()
-        out_x, out_rows = [], []
+        cuts: list[tuple[np.ndarray, np.ndarray]] = []  # (rows, their windows as a view)
         warmup = late = 0
         for group in np.split(order, bounds):
             first = group[0]
@@ -99,23 +105,23 @@ class EntityState:
             first_full = max(0, w - 1 - h)
             warmup += min(len(group), first_full)
             if len(group) > first_full:
-                views = sliding_window_view(stacked, w, axis=0)  # [len-W+1, F, W]
-                starts = np.arange(h + first_full, h + len(group)) - (w - 1)
-                out_x.append(views[starts].transpose(0, 2, 1))
-                out_rows.append(group[first_full:])
+                views = sliding_window_view(stacked, w, axis=0)  # [len-W+1, F, W], no copy
+                start = h + first_full - (w - 1)
+                cuts.append((group[first_full:], views[start : start + len(group) - first_full]))
             keep = stacked[-(w - 1) :] if w > 1 else stacked[:0]
             self.buffers[key] = _Buffer(
                 np.array(keep, dtype=np.float32), float(t.max()) if len(t) else newest, now
             )
         self._bound(now)
-        if not out_x:
-            return Windowed(
-                np.zeros((0, w, self.n_features), np.float32), np.zeros(0, np.int64), warmup, late
-            )
-        rows = np.concatenate(out_rows)
-        xs = np.concatenate(out_x)
-        back = np.argsort(rows, kind="stable")  # back to batch order
-        return Windowed(np.ascontiguousarray(xs[back], dtype=np.float32), rows[back], warmup, late)
+        # The windows in batch order, each copied once, straight into place.
+        scored = np.zeros(n, dtype=bool)
+        for rows, _ in cuts:
+            scored[rows] = True
+        place = np.cumsum(scored) - 1
+        out = np.empty((int(scored.sum()), w, self.n_features), dtype=np.float32)
+        for rows, views in cuts:
+            out[place[rows]] = views.transpose(0, 2, 1)
+        return Windowed(out, np.flatnonzero(scored), warmup, late)
 
     def drop_partitions(self, revoked: Iterable[tuple[str, int]]) -> int:
         gone = set(revoked)
