@@ -1,3 +1,4 @@
+import uuid
 from datetime import UTC, datetime
 
 import jsonschema
@@ -123,6 +124,10 @@ def test_score_records_carry_one_message_each() -> None:
 
 def test_event_id_is_a_function_of_the_source_message() -> None:
     assert event_id(Source("t", 0, 1)) == event_id(Source("t", 0, 1))
+    namespace = uuid.UUID("0b5f2c8e-6a0e-4a5e-9a57-7669676c0001")  # ids stay stable across releases
+    for src in (Source("t", 0, 1), Source("télémetrie", 11, 2**40), Source("", 0, 0)):
+        name = f"{src.topic}/{src.partition}/{src.offset}"
+        assert event_id(src) == str(uuid.uuid5(namespace, name))
     assert len({event_id(Source("t", p, o)) for p in range(3) for o in range(100)}) == 300
 
 
