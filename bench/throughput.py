@@ -184,7 +184,7 @@ def vigil(
     peak = 0.0
     try:
         d.wait_ready()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _cpu_seconds(d.proc.pid)
         done = ("vigil_messages_scored_total", "vigil_invalid_messages_total")
         # Windowed models: each unit's first W - 1, and rows older than their unit's newest.
         done += ("vigil_warmup_samples_total", "vigil_late_samples_total")
@@ -192,11 +192,12 @@ def vigil(
             peak = max(peak, rss_mb(d.proc.pid))
             time.sleep(0.25)  # each scrape costs the detector a little CPU
         dt = time.perf_counter() - t0
+        cores = (_cpu_seconds(d.proc.pid) - cpu0) / dt
         wait_for(lambda: committed_all(bootstrap, group, topic), 60, "commit")
         steady = rss_mb(d.proc.pid)
     finally:
         d.terminate()
-    return {"msg_per_s": n / dt, "peak_rss_mb": peak, "steady_rss_mb": steady}
+    return {"msg_per_s": n / dt, "cpu_cores": cores, "peak_rss_mb": peak, "steady_rss_mb": steady}
 
 
 def vigil_group(
@@ -646,6 +647,11 @@ def main() -> int:
         "--latency-only", action="store_true", help="measure latency only; print, write nothing"
     )
     ap.add_argument(
+        "--windowed-only",
+        action="store_true",
+        help="measure the windowed model's throughput only; print, write nothing",
+    )
+    ap.add_argument(
         "--producer-linger-ms",
         type=int,
         default=5,
@@ -662,7 +668,7 @@ def main() -> int:
         "--set",
         action="append",
         default=[],
-        help="with --latency-only: detector setting, e.g. batch__max_wait_ms=5",
+        help="with --latency-only or --windowed-only: detector setting, e.g. batch__max_wait_ms=5",
     )
     ap.add_argument(
         "--render", action="store_true", help="rewrite the markdown from the last JSON; run nothing"
@@ -728,6 +734,11 @@ def main() -> int:
             return 0
         print(f"producing {a.messages} messages…", flush=True)
         msg_bytes = produce(bootstrap, "bench", a.messages, names)
+        if a.windowed_only:
+            windowed = make_windowed_model(workdir, names)
+            settings = dict(kv.split("=", 1) for kv in a.set)
+            print(json.dumps(vigil(bootstrap, "bench", windowed, a.messages, workdir, **settings)))
+            return 0
         results: dict[str, object] = {
             "messages": a.messages,
             "message_bytes": msg_bytes,
