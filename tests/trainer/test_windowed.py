@@ -143,6 +143,12 @@ def test_each_model_writes_a_windowed_bundle_the_detector_accepts(
     assert whole.latent is not None and whole.latent.shape == (len(xw), k)
     for n in (1, 3, 17):  # dynamic batch: the same answer whatever the batch
         assert np.allclose(scorer.score(xw[:n]).score, whole.score[:n], rtol=1e-5, atol=1e-6)
+    # In chunks (CPU memory: see scorer.CHUNK_VALUES) every output is the same, in order.
+    chunked = Scorer(b, provider="cpu", chunk_values=7 * W * len(FEATURES_SYNTH))
+    assert chunked._chunk_rows == 7 and len(xw) > 7
+    got = chunked.score(xw, latent=True)
+    for name in ("score", "feature_error", "reconstruction", "latent"):
+        np.testing.assert_allclose(getattr(got, name), getattr(whole, name), rtol=1e-5, atol=1e-6)
     # The reconstruction is that of the newest sample, in raw units.
     assert np.abs(whole.reconstruction - xw[:, -1]).mean() < np.abs(xw[:, -1]).mean()
 
