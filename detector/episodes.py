@@ -72,10 +72,11 @@ class Episodes:
         relevant = set(tracked) | {keys[j] for j in np.flatnonzero(alarm)}
         if not relevant:
             return out
-        mask = np.fromiter((k in relevant for k in keys), dtype=bool, count=len(keys))
-        for j in np.flatnonzero(mask):
-            a = bool(alarm[j])
-            key = keys[j]
+        alarms = alarm.tolist()  # Python bools: no numpy scalar per row in the loop
+        for j, key in enumerate(keys):
+            if key not in relevant:
+                continue
+            a = alarms[j]
             t = tracked.get(key)
             if t is None:
                 if not a:
