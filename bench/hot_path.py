@@ -1,9 +1,9 @@
 """The detector's per-batch work without Kafka: decode, score, decide, build events, record
 metrics, through the same `Detector.process` the daemon runs (source and sink stubbed).
 
-    .venv/bin/python bench/hot_path.py [--batch 2000] [--repeats 30]
+    .venv/bin/python bench/hot_path.py [--batch 2000] [--repeats 30] [--out bench/results]
 
-Writes bench/results/hot_path.{json,md}.
+Writes hot_path.{json,md} to --out.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def main() -> int:
     )
     ap.add_argument("--batch", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     a = ap.parse_args()
     from trainer.build import build_bundle
     from trainer.config import TrainConfig
@@ -121,7 +122,7 @@ def main() -> int:
         "command": "python bench/hot_path.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    out = ROOT / "bench" / "results"
+    out = a.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "hot_path.json").write_text(json.dumps(result, indent=2) + "\n")
     md = (
