@@ -83,11 +83,16 @@ def iso_ms(epoch_ms: float | None) -> str | None:
     return iso_ms_many(np.array([np.nan if epoch_ms is None else epoch_ms]))[0]
 
 
+# Years 1 to 9999, what ISO 8601 (and the event schema's date-time) can write.
+_MIN_MS, _MAX_MS = -62_135_596_800_000.0, 253_402_300_799_999.0
+
+
 def iso_ms_many(epoch_ms: np.ndarray) -> list[str | None]:
-    """`iso_ms` of a whole column at once (None where not finite): numpy formats the batch,
-    where datetime took 2 us per value."""
+    """`iso_ms` of a whole column at once (None where not finite or beyond year 9999): numpy
+    formats the batch, where datetime took 2 us per value."""
     ms = np.asarray(epoch_ms, dtype=np.float64)
-    ok = np.isfinite(ms)
+    with np.errstate(invalid="ignore"):  # NaN compares False: not ok, as it should be
+        ok = (ms >= _MIN_MS) & (ms <= _MAX_MS)
     stamps = np.floor(np.where(ok, ms, 0.0)).astype(np.int64).astype("datetime64[ms]")
     text = np.datetime_as_string(stamps, unit="ms", timezone="UTC").tolist()
     return text if ok.all() else [t if k else None for t, k in zip(text, ok.tolist(), strict=True)]
