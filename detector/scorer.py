@@ -24,7 +24,16 @@ from detector.bundle import (
 )
 from detector.errors import BundleError, ConfigError
 
-__all__ = ["CHUNK_VALUES", "Decisions", "Provider", "Scorer", "Scores", "decide", "gpu_present"]
+__all__ = [
+    "CHUNK_VALUES",
+    "Decisions",
+    "Provider",
+    "Scorer",
+    "Scores",
+    "decide",
+    "gpu_present",
+    "top_features",
+]
 
 log = logging.getLogger(__name__)
 ort.set_default_logger_severity(3)  # errors only: provider fallbacks are reported by us
@@ -228,23 +237,31 @@ class Scorer:
 
 
 def decide(scores: Scores, threshold: float, top_k: int = 3) -> Decisions:
-    """Alarm when score > threshold; rank each row's features by their share of the error."""
-    fe = scores.feature_error
+    """Alarm when score > threshold; rank each row's features by their share of the error
+    (`top_k` 0: rank none, for a caller that ranks only the rows it reports)."""
+    top, share = top_features(scores.feature_error, top_k)
+    return Decisions(
+        anomaly=scores.score > threshold,
+        severity=scores.score / np.float32(threshold),
+        top_index=top,
+        top_share=share,
+    )
+
+
+def top_features(feature_error: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """([N, k] indices, [N, k] shares): each row's k features with the largest share of its
+    error, largest first."""
+    fe = feature_error
     n, f = fe.shape
     k = max(0, min(top_k, f))
+    if k == 0 or n == 0:
+        return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=fe.dtype)
     total = fe.sum(axis=1, keepdims=True)
     share = np.divide(fe, total, out=np.zeros_like(fe), where=total > 0)
-    if k == 0 or n == 0:
-        top = np.zeros((n, 0), dtype=np.int64)
-    elif k < f:
+    if k < f:
         part = np.argpartition(-share, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(share, part, axis=1), axis=1, kind="stable")
         top = np.take_along_axis(part, order, axis=1)
     else:
         top = np.argsort(-share, axis=1, kind="stable")
-    return Decisions(
-        anomaly=scores.score > threshold,
-        severity=scores.score / np.float32(threshold),
-        top_index=top,
-        top_share=np.take_along_axis(share, top, axis=1),
-    )
+    return top, np.take_along_axis(share, top, axis=1)

@@ -62,7 +62,7 @@ from detector.notify import Notifier
 from detector.records import Batch
 from detector.registry import resolve
 from detector.reload import ModelWatcher, mapping_with, model_fields
-from detector.scorer import Decisions, Scorer, Scores, decide
+from detector.scorer import Decisions, Scorer, Scores, decide, top_features
 from detector.settings import Settings
 from detector.state import EntityState
 
@@ -248,7 +248,7 @@ class Detector:
         t0 = time.perf_counter()
         scores = self.scorer.score(inputs)
         self.metrics.inference.observe(time.perf_counter() - t0)
-        decisions = decide(scores, self.threshold, self.settings.model.top_features)
+        decisions = decide(scores, self.threshold, top_k=0)  # ranked for events only
         if self.shadow is not None:
             self._score_shadow(inputs, decoded)
         if self.watcher is not None:
@@ -449,7 +449,7 @@ class Detector:
                 for tr, at in zip(transitions, iso_ms_many(np.array(started)), strict=True)
             ]
             events = make_events(
-                self._event_rows(batch, decoded, scores, decisions, event_ms, rows, keys, episodes),
+                self._event_rows(batch, decoded, scores, event_ms, rows, keys, episodes),
                 detected_ms=now_ms,
                 model=self.model_id,
                 threshold=self.threshold,
@@ -492,7 +492,6 @@ class Detector:
         batch: Batch,
         decoded: Decoded,
         scores: Scores,
-        decisions: Decisions,
         event_ms: np.ndarray,
         rows: np.ndarray,
         keys: list[str | None],
@@ -500,6 +499,7 @@ class Detector:
     ) -> EventRows:
         """The columns of the decided rows `rows` that publish an event."""
         rows_list = rows.tolist()
+        top, share = top_features(scores.feature_error[rows], self.settings.model.top_features)
         entities = categorical = payload = None
         if decoded.entities:
             entities = [{e: v[j] for e, v in decoded.entities.items()} for j in rows_list]
@@ -515,8 +515,8 @@ class Detector:
             score=scores.score[rows],
             observed=decoded.x[rows],
             expected=scores.reconstruction[rows],
-            top_index=decisions.top_index[rows],
-            top_share=decisions.top_share[rows],
+            top_index=top,
+            top_share=share,
             episodes=episodes,
             entities=entities,
             categorical=categorical,

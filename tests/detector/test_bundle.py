@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 
 from detector.bundle import load_bundle
 from detector.errors import BundleError, ConfigError
-from detector.scorer import Scorer, decide, gpu_present
+from detector.scorer import Scorer, decide, gpu_present, top_features
 
 
 @pytest.fixture
@@ -147,6 +147,14 @@ def test_decide_ranks_features_by_share_of_error() -> None:
     )
     np.testing.assert_array_equal(d.anomaly, s.score > 0.5)
     assert decide(s, 0.5, top_k=50).top_index.shape == (200, 7)
+    # The daemon ranks only the rows that publish an event: the same ranking, row by row.
+    bare = decide(s, 0.5, top_k=0)
+    assert bare.top_index.shape == bare.top_share.shape == (200, 0)
+    np.testing.assert_array_equal(bare.anomaly, d.anomaly)
+    rows = np.flatnonzero(d.anomaly)
+    top, share = top_features(fe[rows], 3)
+    np.testing.assert_array_equal(top, d.top_index[rows])
+    np.testing.assert_array_equal(share, d.top_share[rows])
 
 
 def test_onnx_runtime_threads_do_not_spin_between_batches_unless_asked() -> None:
