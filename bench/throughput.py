@@ -734,8 +734,9 @@ def main() -> int:
                 **env,
             )
 
+        settings = dict(kv.split("=", 1) for kv in a.set)  # --set, for the runs of one kind
         if a.latency_only:
-            lat = measure_latency(**dict(kv.split("=", 1) for kv in a.set))
+            lat = measure_latency(**settings)
             lat["transport"] = transport_latency(  # type: ignore[assignment]
                 bootstrap, "transport", names, a.latency_rate, 10.0, a.producer_linger_ms
             )
@@ -745,7 +746,6 @@ def main() -> int:
         msg_bytes = produce(bootstrap, "bench", a.messages, names)
         if a.windowed_only:
             windowed = make_windowed_model(workdir, names)
-            settings = dict(kv.split("=", 1) for kv in a.set)
             print(json.dumps(vigil(bootstrap, "bench", windowed, a.messages, workdir, **settings)))
             return 0
         results: dict[str, object] = {

@@ -473,7 +473,7 @@ class Detector:
         if t.scores:  # a record per message: positions and keys only, no full Record
             keys = [entity_key(decoded, j, k) for j, k in enumerate(raw_keys)]
             values = make_score_records(
-                sources=[Source(*source_of(j)) for j in range(len(keys))],
+                sources=_sources(batch, decoded.index),
                 keys=keys,
                 event_time_ms=event_ms,
                 model_version=version,
@@ -509,7 +509,7 @@ class Detector:
         if self.behaviour is not None:
             payload = [self._payload_values(decoded, j) for j in rows_list]
         return EventRows(
-            sources=[Source(*batch.position(i)) for i in decoded.index[rows].tolist()],
+            sources=_sources(batch, decoded.index[rows]),
             keys=keys,
             event_time_ms=event_ms[rows],
             score=scores.score[rows],
@@ -686,3 +686,8 @@ def run(settings: Settings, stop: threading.Event, reload: threading.Event | Non
 
 def _encoded(key: str | None) -> bytes | None:
     return key.encode() if key is not None else None
+
+
+def _sources(batch: Batch, index: np.ndarray) -> list[Source]:
+    """Where the records at `index` came from, without a full Record each."""
+    return [Source(*batch.position(i)) for i in index.tolist()]

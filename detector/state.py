@@ -88,9 +88,9 @@ class EntityState:
         now = time.monotonic()
         cuts: list[tuple[np.ndarray, np.ndarray]] = []  # (rows, their windows as a view)
         warmup = late = 0
-        for group in np.split(order, bounds):
-            first = group[0]
-            key: Key = (topics[first], int(partitions[first]), keys[first] or "")
+        # Ids run 0, 1, ... in first-seen order, so the groups of the sorted ids come in the
+        # order of the dict's keys.
+        for key, group in zip(ids, np.split(order, bounds), strict=True):
             buf = self.buffers.pop(key, None)
             t = np.nan_to_num(times_ms[group], nan=-np.inf)
             newest = buf.newest_ms if buf is not None else -np.inf
