@@ -22,6 +22,7 @@ from detector.bundle import (
     OUTPUT_SCORE,
     Bundle,
 )
+from detector.cpus import cpu_budget
 from detector.errors import BundleError, ConfigError
 
 __all__ = [
@@ -135,10 +136,13 @@ class Scorer:
         self.bundle = bundle
         self.features = bundle.manifest.features
         self.window = bundle.manifest.window
+        # Unset: as many as this process may use (affinity, container CPU limit), which
+        # ONNX Runtime's own default (the host's physical cores) does not see.
+        self.threads = threads or cpu_budget()
         try:
             self.session = ort.InferenceSession(
                 bundle.model_bytes,
-                sess_options=_session_options(threads, spinning),
+                sess_options=_session_options(self.threads, spinning),
                 providers=_providers_for(provider),
             )
         except ConfigError:

@@ -615,7 +615,12 @@ def run(settings: Settings, stop: threading.Event, reload: threading.Event | Non
     ms = settings.model
     bundle = load_bundle(resolve(ms.path))
     scorer = Scorer(bundle, ms.provider, ms.threads, ms.spinning)
-    log.info("model %s loaded; provider %s", bundle.label, scorer.provider)
+    log.info(
+        "model %s loaded; provider %s, %s ONNX Runtime threads",
+        bundle.label,
+        scorer.provider,
+        scorer.threads or "default",
+    )
     shadow = None
     if ms.shadow_path is not None:
         shadow = Scorer(load_bundle(resolve(ms.shadow_path)), ms.provider, ms.threads, ms.spinning)

@@ -179,6 +179,9 @@ class ModelSettings(_Section):
     poll_interval_s: float = Field(default=2.0, gt=0, le=3600)  # registry CURRENT pointer
     shadow_path: Path | None = None  # a bundle scored beside the live one, publishing nothing
     provider: Literal["auto", "cuda", "cpu"] = "auto"
+    # ONNX Runtime's intra-op threads; unset: the CPUs this process may use (its affinity
+    # and its cgroup's CPU quota, e.g. a Kubernetes CPU limit), which ONNX Runtime alone
+    # does not see. One process per core: 1.
     threads: int | None = Field(default=None, ge=1, le=256)
     # Let ONNX Runtime's threads busy-wait between runs: off, it saves most of a core at
     # moderate load (bench/results/throughput.md); on, a back-to-back batch starts ~0.1 ms
