@@ -657,14 +657,17 @@ def render(results: dict) -> None:  # type: ignore[type-arg]
             g,
         ),
         group_row(f"vigil-detect run x {wg['processes']}, windowed, one consumer group", wg),
-        f"| peer (a): tutorial loop, torch per message | {results['peer_tutorial_msg_per_s']:,.0f} | "
+        f"| peer (a): tutorial loop, torch per message (best of 3: "
+        f"{', '.join(f'{r:,.0f}' for r in results['peer_tutorial_runs_msg_per_s'])}) | "  # type: ignore[union-attr]
+        f"{results['peer_tutorial_msg_per_s']:,.0f} | "
         f"vigil is {results['ratio_vigil_to_peer_tutorial']:.1f}x faster"
         + (
             f" (the group of {g['processes']}: {results['ratio_group_to_peer_tutorial']:.1f}x) |"
             if results.get("ratio_group_to_peer_tutorial")
             else " |"
         ),
-        f"| peer (b): Quix Streams, ONNX Runtime per message (confluent-kafka) | "
+        f"| peer (b): Quix Streams, ONNX Runtime per message (confluent-kafka; best of 3: "
+        f"{', '.join(f'{r:,.0f}' for r in results['peer_quix_runs_msg_per_s'])}) | "  # type: ignore[union-attr]
         f"{results['peer_quix_msg_per_s']:,.0f} | vigil is {results['ratio_vigil_to_peer_quix']:.2f}x as fast |",
         "",
         "The processes share the 2 cores with the broker (and, for latency, with the load "
@@ -847,14 +850,16 @@ def main() -> int:
             bootstrap, "bench-group", windowed, 3 * a.messages, workdir, procs, a.partitions
         )
         print("vigil windowed group", results["vigil_windowed_group"], flush=True)
-        results["peer_tutorial_msg_per_s"] = peer_tutorial(
-            bootstrap, "bench", names, a.peer_messages
-        )
-        print("peer (a)", results["peer_tutorial_msg_per_s"], flush=True)
-        results["peer_quix_msg_per_s"] = peer_quix(
-            bootstrap, "bench", model, names, min(a.messages, 100_000)
-        )
-        print("peer (b)", results["peer_quix_msg_per_s"], flush=True)
+        # The peers too get their best of three: a slow run would flatter vigil's ratios.
+        runs = [peer_tutorial(bootstrap, "bench", names, a.peer_messages) for _ in range(3)]
+        results["peer_tutorial_runs_msg_per_s"] = runs
+        results["peer_tutorial_msg_per_s"] = max(runs)
+        print("peer (a)", runs, flush=True)
+        quix = min(a.messages, 100_000)
+        runs = [peer_quix(bootstrap, "bench", model, names, quix) for _ in range(3)]
+        results["peer_quix_runs_msg_per_s"] = runs
+        results["peer_quix_msg_per_s"] = max(runs)
+        print("peer (b)", runs, flush=True)
         results["latency"] = measure_latency()
         results["latency_load"] = a.load
         results["latency_load_linger_ms"] = a.producer_linger_ms
