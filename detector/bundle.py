@@ -1,4 +1,5 @@
-"""The bundle contract: a directory with `model.onnx`, `manifest.json` and `report.png`.
+"""The bundle contract: a directory with `model.onnx`, `manifest.json` and `report.png`
+(and for windowed models `prepare.onnx` and `network.onnx`, model.onnx in two stages).
 
 The trainer writes bundles through `write_bundle`; the detector reads them with
 `load_bundle`, which refuses anything corrupt, truncated or inconsistent with a message
@@ -29,6 +30,8 @@ from detector.errors import BundleError
 __all__ = [
     "MANIFEST_FILE",
     "MODEL_FILE",
+    "NETWORK_FILE",
+    "PREPARE_FILE",
     "REPORT_FILE",
     "SCHEMA_VERSION",
     "Bundle",
@@ -36,6 +39,7 @@ __all__ = [
     "ErrorStats",
     "Golden",
     "Manifest",
+    "Stages",
     "Threshold",
     "Training",
     "load_bundle",
@@ -47,6 +51,8 @@ SCHEMA_VERSION = 1
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 REPORT_FILE = "report.png"
+PREPARE_FILE = "prepare.onnx"
+NETWORK_FILE = "network.onnx"
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MAX_FEATURES = 100_000
 MAX_WINDOW = 10_000
@@ -57,6 +63,12 @@ OUTPUT_SCORE = "score"
 OUTPUT_FEATURE_ERROR = "feature_error"
 OUTPUT_RECONSTRUCTION = "reconstruction"
 OUTPUT_LATENT = "latent"
+# The two stages of a windowed model: prepare [S, F] -> [S - L + 1, D], consecutive samples
+# of one entity in, what the network sees of each position out; network [N, W - L + 1, D]
+# -> the outputs above.
+PREPARE_INPUT = "samples"
+PREPARE_OUTPUT = "prepared"
+NETWORK_INPUT = "prepared"
 
 
 class _Frozen(BaseModel):
@@ -118,6 +130,21 @@ class Golden(_Frozen):
         return self
 
 
+class Stages(_Frozen):
+    """model.onnx of a windowed model in two graphs, `prepare.onnx` and `network.onnx`.
+
+    Scaling (and whitening, over `lags` consecutive samples) is per sample, and overlapping
+    windows share their samples: a detector that prepares a run of an entity's samples once
+    and gathers the windows from it does that work once per sample rather than once per
+    window holding it (W times). model.onnx stays the reference; the golden sample checks
+    that the stages reproduce it.
+    """
+
+    lags: int = Field(ge=1)
+    prepare_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    network_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class Manifest(_Frozen):
     schema_version: int
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")
@@ -143,6 +170,8 @@ class Manifest(_Frozen):
     # carries the raw value, the model's input its code.
     categorical: dict[str, Categorical] | None = None
     model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # Windowed models from the trainer of 2026-12-04 on; absent: model.onnx alone.
+    stages: Stages | None = None
     libraries: dict[str, str]
     golden: Golden
 
@@ -205,6 +234,11 @@ class Manifest(_Frozen):
                 raise ValueError(f"categorical '{name}' cannot have numeric bounds")
         if self.categorical and self.window != 1:
             raise ValueError("categorical features are for single-row models (window 1)")
+        if self.stages is not None and not (self.window > 1 and self.stages.lags <= self.window):
+            raise ValueError(
+                f"stages with {self.stages.lags} lags need a window of more samples than 1 and "
+                f"at least as many as the lags (this one has {self.window})"
+            )
         for name, (low, high) in (self.bounds or {}).items():
             if name not in self.payload_features:
                 raise ValueError(f"bounds name '{name}', which is not a payload feature")
@@ -223,6 +257,7 @@ class Bundle:
     path: Path
     manifest: Manifest
     model_bytes: bytes
+    stage_bytes: tuple[bytes, bytes] | None = None  # prepare.onnx, network.onnx
 
     @property
     def features(self) -> list[str]:
@@ -285,7 +320,26 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
             f"{model_path}: sha256 {digest[:12]}… does not match the manifest's "
             f"{manifest.model_sha256[:12]}…; the model file is corrupt, truncated or was replaced"
         )
-    return Bundle(path=root, manifest=manifest, model_bytes=model_bytes)
+    stages = None
+    if (s := manifest.stages) is not None:
+        stages = (
+            _read_checked(root / PREPARE_FILE, s.prepare_sha256),
+            _read_checked(root / NETWORK_FILE, s.network_sha256),
+        )
+    return Bundle(path=root, manifest=manifest, model_bytes=model_bytes, stage_bytes=stages)
+
+
+def _read_checked(path: Path, sha256: str) -> bytes:
+    if not path.is_file():
+        raise BundleError(f"{path}: missing, but the manifest lists it among the model's stages")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise BundleError(
+            f"{path}: sha256 {digest[:12]}… does not match the manifest's {sha256[:12]}…; "
+            "the file is corrupt, truncated or was replaced"
+        )
+    return data
 
 
 def write_bundle(

@@ -19,7 +19,7 @@ from detector.behaviour import with_derived
 from detector.errors import DataError
 from detector.scorer import Decisions, Scorer, Scores, decide
 from detector.tables import Table, read_table
-from detector.windows import entity_keys, gather, window_ends
+from detector.windows import Windows, entity_keys, window_ends
 
 __all__ = ["ScoredFile", "score_file", "write_csv"]
 
@@ -96,13 +96,12 @@ def score_file(
     newest = order[ends]
     xs = table.values[order]
     per = max(1, batch_rows // scorer.window)  # bounded memory: [per, W, F] at a time
-    parts = _concat(
+    parts = Scores.concat(
         [
-            scorer.score(gather(xs, ends[i : i + per], scorer.window), latent=latent)
+            scorer.score(Windows(xs, ends[i : i + per], scorer.window), latent=latent)
             for i in range(0, len(ends), per)
         ],
         len(scorer.features),
-        latent,
     )
     warmup = np.ones(n, dtype=bool)
     warmup[newest] = False
@@ -119,21 +118,7 @@ def _score_rows(scorer: Scorer, x: np.ndarray, latent: bool, batch_rows: int) ->
     parts = [
         scorer.score(x[i : i + batch_rows], latent=latent) for i in range(0, len(x), batch_rows)
     ]
-    return _concat(parts, len(scorer.features), latent)
-
-
-def _concat(parts: list[Scores], n_features: int, latent: bool) -> Scores:
-    if not parts:
-        empty = np.zeros((0, n_features), np.float32)
-        return Scores(np.zeros(0, np.float32), empty, empty, None)
-    return Scores(
-        score=np.concatenate([p.score for p in parts]),
-        feature_error=np.concatenate([p.feature_error for p in parts]),
-        reconstruction=np.concatenate([p.reconstruction for p in parts]),
-        latent=np.concatenate([p.latent for p in parts if p.latent is not None])
-        if latent and parts[0].latent is not None
-        else None,
-    )
+    return Scores.concat(parts, len(scorer.features))
 
 
 def _spread(a: np.ndarray, rows: np.ndarray, n: int, fill: float) -> np.ndarray:

@@ -16,14 +16,20 @@ import onnxruntime as ort
 
 from detector.bundle import (
     INPUT_NAME,
+    MODEL_FILE,
+    NETWORK_FILE,
+    NETWORK_INPUT,
     OUTPUT_FEATURE_ERROR,
     OUTPUT_LATENT,
     OUTPUT_RECONSTRUCTION,
     OUTPUT_SCORE,
+    PREPARE_FILE,
+    PREPARE_INPUT,
     Bundle,
 )
 from detector.cpus import cpu_budget
 from detector.errors import BundleError, ConfigError
+from detector.windows import Windows
 
 __all__ = [
     "CHUNK_VALUES",
@@ -58,6 +64,20 @@ class Scores:
     reconstruction: np.ndarray  # [N, F] expected values, original units
     latent: np.ndarray | None = None  # [N, K] when asked for
 
+    @staticmethod
+    def concat(parts: list[Scores], n_features: int) -> Scores:
+        """Parts of one result, in order; no parts: an empty result."""
+        if not parts:
+            empty = np.zeros((0, n_features), np.float32)
+            return Scores(np.zeros(0, np.float32), empty, empty, None)
+        latent = [p.latent for p in parts if p.latent is not None]
+        return Scores(
+            score=np.concatenate([p.score for p in parts]),
+            feature_error=np.concatenate([p.feature_error for p in parts]),
+            reconstruction=np.concatenate([p.reconstruction for p in parts]),
+            latent=np.concatenate(latent) if len(latent) == len(parts) else None,
+        )
+
 
 @dataclass(frozen=True)
 class Decisions:
@@ -81,6 +101,15 @@ def _session_options(threads: int | None, spinning: bool) -> ort.SessionOptions:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     return opts
+
+
+def _open(
+    bundle: Bundle, name: str, data: bytes, options: ort.SessionOptions, providers: list[str]
+) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(data, sess_options=options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own untyped errors for bad models
+        raise BundleError(f"{bundle.path}: ONNX Runtime cannot load {name}: {e}") from e
 
 
 def gpu_present() -> bool:
@@ -139,16 +168,19 @@ class Scorer:
         # Unset: as many as this process may use (affinity, container CPU limit), which
         # ONNX Runtime's own default (the host's physical cores) does not see.
         self.threads = threads or cpu_budget()
-        try:
-            self.session = ort.InferenceSession(
-                bundle.model_bytes,
-                sess_options=_session_options(self.threads, spinning),
-                providers=_providers_for(provider),
+        options = _session_options(self.threads, spinning)
+        providers = _providers_for(provider)
+        self.session = _open(bundle, MODEL_FILE, bundle.model_bytes, options, providers)
+        # A windowed model in two stages (bundle.Stages): each sample prepared once.
+        self._stages: tuple[ort.InferenceSession, ort.InferenceSession] | None = None
+        self._lags = 1
+        if bundle.stage_bytes is not None and bundle.manifest.stages is not None:
+            prepare, network = bundle.stage_bytes
+            self._stages = (
+                _open(bundle, PREPARE_FILE, prepare, options, providers),
+                _open(bundle, NETWORK_FILE, network, options, providers),
             )
-        except ConfigError:
-            raise
-        except Exception as e:  # onnxruntime raises its own untyped errors for bad models
-            raise BundleError(f"{bundle.path}: ONNX Runtime cannot load model.onnx: {e}") from e
+            self._lags = bundle.manifest.stages.lags
         self.provider = self.session.get_providers()[0]
         if provider == "cuda" and self.provider != _CUDA:
             raise ConfigError(
@@ -213,25 +245,66 @@ class Scorer:
                 "do not belong together"
             )
 
-    def score(self, x: np.ndarray, *, latent: bool = False) -> Scores:
-        """x: float32 [N, F] (or [N, W, F] for windowed models), raw units."""
+    def score(self, x: np.ndarray | Windows, *, latent: bool = False) -> Scores:
+        """x: float32 [N, F] (or [N, W, F] or `Windows` for windowed models), raw units."""
+        if isinstance(x, Windows):
+            return self.score_windows(x, latent=latent)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self._stages is not None and x.ndim == 3:
+            return self.score_windows(Windows.of(x), latent=latent)
+        names = self._names(latent)
+        if len(x) == 0:
+            return Scores.concat([], len(self.features))
+        step = self._chunk_rows
+        if step is None or len(x) <= step:
+            return self._scores(self.session.run(names, {INPUT_NAME: x}))
+        runs = [
+            self.session.run(names, {INPUT_NAME: x[i : i + step]}) for i in range(0, len(x), step)
+        ]
+        return self._scores([np.concatenate(parts) for parts in zip(*runs, strict=True)])
+
+    def score_windows(self, windows: Windows, *, latent: bool = False) -> Scores:
+        """Windows by reference (rows of raw units, and where each window ends); the
+        result is in the order of `windows.ends`. A model in stages prepares each row once
+        (with L lags, each run of L rows) and its network reads the windows of prepared
+        vectors; a model without stages scores [B, W, F] windows a part at a time."""
+        if self._stages is None:
+            step = self._chunk_rows or max(1, len(windows))
+            parts = [
+                self.score(windows.take(slice(i, i + step)), latent=latent)
+                for i in range(0, len(windows), step)
+            ]
+            return Scores.concat(parts, len(self.features))
+        if len(windows) == 0:
+            return Scores.concat([], len(self.features))
+        prepare, network = self._stages
+        names = self._names(latent)
+        # In row order, so that a part's windows share one span of rows: each row is
+        # prepared once, plus W - 1 rows again where two parts meet.
+        order = np.argsort(windows.ends, kind="stable")
+        ends = windows.ends[order]
+        firsts = ends - (self.window - 1)  # the first lag vector of a window starts there
+        positions = np.arange(self.window - self._lags + 1)
+        step = self._chunk_rows or len(ends)
+        runs = []
+        for i in range(0, len(ends), step):
+            lo, hi = int(firsts[i]), int(ends[min(i + step, len(ends)) - 1]) + 1
+            prepared = prepare.run(None, {PREPARE_INPUT: windows.rows[lo:hi]})[0]
+            batch = prepared[firsts[i : i + step, None] - lo + positions]  # [B, P, D]
+            runs.append(network.run(names, {NETWORK_INPUT: batch}))
+        out = [np.concatenate(parts) for parts in zip(*runs, strict=True)]
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return self._scores([o[back] for o in out])
+
+    def _names(self, latent: bool) -> list[str]:
         names = [OUTPUT_SCORE, OUTPUT_FEATURE_ERROR, OUTPUT_RECONSTRUCTION]
         if latent and OUTPUT_LATENT in self._outputs:
             names.append(OUTPUT_LATENT)
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if len(x) == 0:
-            f = len(self.features)
-            empty = np.zeros((0, f), np.float32)
-            return Scores(np.zeros(0, np.float32), empty, empty, None)
-        step = self._chunk_rows
-        if step is None or len(x) <= step:
-            out = self.session.run(names, {INPUT_NAME: x})
-        else:
-            runs = [
-                self.session.run(names, {INPUT_NAME: x[i : i + step]})
-                for i in range(0, len(x), step)
-            ]
-            out = [np.concatenate(parts) for parts in zip(*runs, strict=True)]
+        return names
+
+    @staticmethod
+    def _scores(out: list[np.ndarray]) -> Scores:
         return Scores(
             score=out[0],
             feature_error=out[1],

@@ -65,6 +65,7 @@ from detector.reload import ModelWatcher, mapping_with, model_fields
 from detector.scorer import Decisions, Scorer, Scores, decide, top_features
 from detector.settings import Settings
 from detector.state import EntityState
+from detector.windows import Windows
 
 __all__ = ["Detector", "mapping_for", "run"]
 
@@ -300,10 +301,10 @@ class Detector:
 
     def _windows(
         self, batch: Batch, decoded: Decoded, event_ms: np.ndarray
-    ) -> tuple[np.ndarray, Decoded, np.ndarray]:
+    ) -> tuple[np.ndarray | Windows, Decoded, np.ndarray]:
         """Model inputs, and the decoded rows and event times they decide. Windowed models
-        see [M, W, F] windows from per-entity state; warm-up and late rows drop out here
-        (counted, never dead-lettered)."""
+        see windows from per-entity state; warm-up and late rows drop out here (counted,
+        never dead-lettered)."""
         if self.state is None:
             return decoded.x, decoded, event_ms
         idx = decoded.index
@@ -333,7 +334,7 @@ class Detector:
             times_ms=decoded.times_ms[w.rows] if decoded.times_ms is not None else None,
             rejects=decoded.rejects,
         )
-        return w.x, sub, event_ms[w.rows]
+        return w.windows, sub, event_ms[w.rows]
 
     def _payload_values(self, decoded: Decoded, j: int) -> dict[str, float | str]:
         """The message's own feature values (a payment's amount), for models whose other
@@ -404,15 +405,19 @@ class Detector:
         self.metrics.entities.set(len(self.behaviour))
         return replace(decoded, x=x)
 
-    def _score_shadow(self, x: np.ndarray, decoded: Decoded) -> None:
+    def _score_shadow(self, inputs: np.ndarray | Windows, decoded: Decoded) -> None:
         """The candidate scores the same rows; it publishes nothing, only metrics."""
         assert self.shadow is not None
-        x = x[..., self._shadow_order]
-        if self.shadow.bundle.encoders and decoded.categories:  # its own codes, from the text
-            for enc in self.shadow.bundle.encoders:
-                x[:, self.shadow.features.index(enc.name)] = enc.encode(
-                    decoded.categories[enc.name]
-                )
+        order = self._shadow_order
+        if isinstance(inputs, Windows):  # windowed models have no categorical features
+            x: np.ndarray | Windows = replace(inputs, rows=inputs.rows[:, order])
+        else:
+            x = inputs[..., order]
+            if self.shadow.bundle.encoders and decoded.categories:  # its own codes
+                for enc in self.shadow.bundle.encoders:
+                    x[:, self.shadow.features.index(enc.name)] = enc.encode(
+                        decoded.categories[enc.name]
+                    )
         s = self.shadow.score(x).score
         self.metrics.shadow_scored.inc(len(s))
         self.metrics.shadow_anomalies.inc(int((s > self.shadow.threshold).sum()))

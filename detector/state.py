@@ -2,7 +2,7 @@
 
 Each (topic, partition, entity key) keeps its last W-1 samples. For a batch, rows are
 grouped by entity with numpy, each entity's new rows are stacked under its history, and
-the windows ending at every new row are cut with one strided view: a loop per entity,
+the windows ending at every new row are referenced by where they end: a loop per entity,
 not per message. The same windows as `detector/windows.py` builds for a file.
 
 Policy, documented in the README:
@@ -24,7 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+
+from detector.windows import Windows
 
 __all__ = ["EntityState", "Windowed"]
 
@@ -33,7 +34,7 @@ Key = tuple[str, int, str]  # topic, partition, entity
 
 @dataclass(frozen=True)
 class Windowed:
-    x: np.ndarray  # [M, W, F] windows, newest sample last
+    windows: Windows  # by reference, in batch order of their newest samples
     rows: np.ndarray  # [M] positions (in the decoded batch) of each window's newest sample
     warmup: int  # rows that only filled a buffer
     late: int  # rows dropped as late or out of order
@@ -70,9 +71,7 @@ class EntityState:
         """Windows for the decoded rows `x` (batch order = time order per partition)."""
         w, n = self.window, len(x)
         if n == 0:
-            return Windowed(
-                np.zeros((0, w, self.n_features), np.float32), np.zeros(0, np.int64), 0, 0
-            )
+            return Windowed(self._no_windows(), np.zeros(0, np.int64), 0, 0)
         # Each row's entity as a small integer: one dict lookup per row.
         ids: dict[Key, int] = {}
         entity = np.fromiter(
@@ -86,7 +85,9 @@ class EntityState:
         order = np.argsort(entity, kind="stable")
         bounds = np.flatnonzero(np.diff(entity[order])) + 1
         now = time.monotonic()
-        cuts: list[tuple[np.ndarray, np.ndarray]] = []  # (rows, their windows as a view)
+        runs: list[np.ndarray] = []  # the history and new rows of entities with windows
+        cuts: list[tuple[np.ndarray, np.ndarray]] = []  # (batch rows, where they are in runs)
+        at = 0  # where the next run starts
         warmup = late = 0
         # Ids run 0, 1, ... in first-seen order, so the groups of the sorted ids come in the
         # order of the dict's keys.
@@ -105,23 +106,31 @@ class EntityState:
             first_full = max(0, w - 1 - h)
             warmup += min(len(group), first_full)
             if len(group) > first_full:
-                views = sliding_window_view(stacked, w, axis=0)  # [len-W+1, F, W], no copy
-                start = h + first_full - (w - 1)
-                cuts.append((group[first_full:], views[start : start + len(group) - first_full]))
+                cuts.append((group[first_full:], at + h + np.arange(first_full, len(group))))
+                runs.append(stacked)
+                at += len(stacked)
             keep = stacked[-(w - 1) :] if w > 1 else stacked[:0]
             self.buffers[key] = _Buffer(
                 np.array(keep, dtype=np.float32), float(t.max()) if len(t) else newest, now
             )
         self._bound(now)
-        # The windows in batch order, each copied once, straight into place.
+        if not cuts:
+            return Windowed(self._no_windows(), np.zeros(0, np.int64), warmup, late)
+        # The windows in batch order: the rows are copied once (not W times), by reference.
         scored = np.zeros(n, dtype=bool)
         for rows, _ in cuts:
             scored[rows] = True
         place = np.cumsum(scored) - 1
-        out = np.empty((int(scored.sum()), w, self.n_features), dtype=np.float32)
-        for rows, views in cuts:
-            out[place[rows]] = views.transpose(0, 2, 1)
-        return Windowed(out, np.flatnonzero(scored), warmup, late)
+        ends = np.empty(int(scored.sum()), dtype=np.int64)
+        for rows, at_rows in cuts:
+            ends[place[rows]] = at_rows
+        windows = Windows(np.concatenate(runs, dtype=np.float32), ends, w)
+        return Windowed(windows, np.flatnonzero(scored), warmup, late)
+
+    def _no_windows(self) -> Windows:
+        return Windows(
+            np.zeros((0, self.n_features), np.float32), np.zeros(0, np.int64), self.window
+        )
 
     def drop_partitions(self, revoked: Iterable[tuple[str, int]]) -> int:
         gone = set(revoked)

@@ -7,12 +7,39 @@ evaluation: the live daemon builds the same windows from its per-entity ring buf
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from detector.errors import DataError
 
-__all__ = ["entity_keys", "gather", "table_windows", "window_ends"]
+__all__ = ["Windows", "entity_keys", "gather", "table_windows", "window_ends"]
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Windows by reference: rows with each entity's samples consecutive and in time order,
+    and where in them each window ends. [M, W, F] is built a part at a time (`take`), and a
+    model in stages prepares each row once (`Scorer.score_windows`)."""
+
+    rows: np.ndarray  # [R, F] float32
+    ends: np.ndarray  # [M] positions in `rows`, each window's newest sample
+    window: int
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def take(self, idx: np.ndarray | slice) -> np.ndarray:
+        """The windows idx as [B, W, F]; with window 1 plain rows [B, F] (the dense contract)."""
+        w = gather(self.rows, self.ends[idx], self.window)
+        return w[:, 0, :] if self.window == 1 else w
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> Windows:
+        """Windows [M, W, F] given whole, by reference."""
+        m, w, f = x.shape
+        return cls(np.ascontiguousarray(x).reshape(m * w, f), np.arange(m) * w + w - 1, w)
 
 
 def entity_keys(values: np.ndarray, column: str = "entity") -> np.ndarray:

@@ -9,10 +9,15 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from detector.bundle import Bundle
+from detector.scorer import Scorer
+from detector.windows import Windows, window_ends
 from trainer.synth import CHANNELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +32,27 @@ def copy_as_version(src: Path, dst: Path, version: str) -> Path:
     m["version"] = version
     (dst / "manifest.json").write_text(json.dumps(m))
     return dst
+
+
+def assert_stages_agree(bundle: Bundle, x: np.ndarray, entity: np.ndarray) -> None:
+    """A windowed bundle's stages (each row prepared once, then the network) give the
+    outputs of its model.onnx, for windows out of row order (as the daemon's are), whole and
+    in parts of three windows."""
+    assert bundle.stage_bytes is not None and bundle.manifest.stages is not None
+    w = bundle.manifest.window
+    order, ends = window_ends(entity, len(x), w)
+    windows = Windows(x[order], np.random.default_rng(0).permutation(ends), w)
+    whole_graph = Scorer(replace(bundle, stage_bytes=None), provider="cpu")
+    assert whole_graph._stages is None
+    want = whole_graph.score(windows.take(slice(None)), latent=True)
+    for chunk in (None, 3 * w * x.shape[1]):
+        staged = Scorer(bundle, provider="cpu", **({"chunk_values": chunk} if chunk else {}))
+        assert staged._stages is not None
+        got = staged.score(windows, latent=True)
+        for name in ("score", "feature_error", "reconstruction", "latent"):
+            np.testing.assert_allclose(
+                getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-6, err_msg=name
+            )
 
 
 def free_port() -> int:

@@ -23,10 +23,13 @@ import torch
 import detector
 from detector.behaviour import BehaviourSpec
 from detector.bundle import (
+    NETWORK_FILE,
+    PREPARE_FILE,
     REPORT_FILE,
     Bundle,
     Golden,
     Manifest,
+    Stages,
     Threshold,
     Training,
     load_bundle,
@@ -37,7 +40,7 @@ from detector.scorer import Scorer
 from trainer.calibrate import error_stats, pot_threshold, quantile_threshold
 from trainer.config import TrainConfig
 from trainer.data import Dataset, Windows, group_codes, time_split
-from trainer.export import check_parity, export_onnx, with_metadata
+from trainer.export import check_parity, export_onnx, export_stages, with_metadata
 from trainer.fit import FitResult, as_windows, fit
 from trainer.report import render_report
 
@@ -206,6 +209,16 @@ def build_bundle(
     golden_x = cal_w.take(slice(0, GOLDEN_ROWS))
 
     graph = export_onnx(model, train_w.take(slice(0, 16)))
+    stage_files: dict[str, bytes] = {}
+    stages = None
+    if cfg.window > 1:
+        prepare, network = export_stages(model, train_w.take(slice(0, 16)))
+        stage_files = {PREPARE_FILE: prepare, NETWORK_FILE: network}
+        stages = Stages(
+            lags=cfg.lags,
+            prepare_sha256=hashlib.sha256(prepare).hexdigest(),
+            network_sha256=hashlib.sha256(network).hexdigest(),
+        )
     created = datetime.now(UTC).replace(microsecond=0)
     version = f"{created:%Y%m%dT%H%M%SZ}-{hashlib.sha256(graph).hexdigest()[:8]}"
     essentials = {
@@ -266,6 +279,7 @@ def build_bundle(
         bounds=bounds or None,
         categorical=data.categorical,
         model_sha256=hashlib.sha256(model_bytes).hexdigest(),
+        stages=stages,
         libraries=_libraries(),
         golden=Golden(inputs=golden_x.tolist(), scores=[0.0] * len(golden_x)),
     )
@@ -283,7 +297,7 @@ def build_bundle(
         threshold.value,
         f"{cfg.name} {version}",
     )
-    path = write_bundle(out, manifest, model_bytes, {REPORT_FILE: report})
+    path = write_bundle(out, manifest, model_bytes, {REPORT_FILE: report} | stage_files)
     bundle = load_bundle(path)
     Scorer(bundle, provider="cpu")  # the detector's own checks, before anyone else relies on it
     return bundle

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+import detector.windows
 from detector.bundle import DataFile, sha256_file
 from detector.categorical import Categorical
 from detector.errors import DataError
 from detector.tables import read_table
-from detector.windows import entity_keys, gather, window_ends
+from detector.windows import entity_keys, window_ends
 
 __all__ = ["Dataset", "Windows", "group_codes", "load", "time_split", "without_labelled"]
 
@@ -140,7 +141,7 @@ def group_codes(entities: np.ndarray | None, n: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Windows:
+class Windows(detector.windows.Windows):
     """The windows of `window` samples over some rows, per group, in time order.
 
     Holds the rows once (sorted by group, time order kept) and where each full window ends;
@@ -148,10 +149,7 @@ class Windows:
     materialised. A window-1 batch is plain rows [B, F] (the dense contract).
     """
 
-    rows: np.ndarray  # [R, F] float32, grouped
-    ends: np.ndarray  # [M] positions in `rows` where a window ends
     newest: np.ndarray  # [M] each window's newest row, in the caller's row numbering
-    window: int
 
     @classmethod
     def build(
@@ -164,18 +162,11 @@ class Windows:
         """Windows over x[rows]; `groups` (one key per row of x) keeps windows apart."""
         index = np.arange(len(x))[rows]
         order, ends = window_ends(None if groups is None else groups[index], len(index), window)
-        return cls(x[index[order]], ends, index[order[ends]], window)
-
-    def __len__(self) -> int:
-        return len(self.ends)
+        return cls(rows=x[index[order]], ends=ends, window=window, newest=index[order[ends]])
 
     @property
     def n_features(self) -> int:
         return self.rows.shape[1]
-
-    def take(self, idx: np.ndarray | slice) -> np.ndarray:
-        w = gather(self.rows, self.ends[idx], self.window)
-        return w[:, 0, :] if self.window == 1 else w
 
     def batches(self, size: int) -> Iterator[np.ndarray]:
         per = max(1, size // self.window)  # bounded memory for long windows
@@ -184,4 +175,4 @@ class Windows:
 
     def map_rows(self, fn: Callable[[np.ndarray], np.ndarray]) -> Windows:
         """The same windows over transformed rows (e.g. scaled)."""
-        return Windows(fn(self.rows), self.ends, self.newest, self.window)
+        return replace(self, rows=fn(self.rows))

@@ -379,7 +379,11 @@ class ScoringModel(nn.Module):
         return z @ self.whiten if self.whitened else z
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        z = self.scale_inputs(x)
+        return self.head(self.scale_inputs(x))
+
+    def head(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The outputs from what the network sees (`scale_inputs`). The split lets a
+        detector scale each sample once rather than once per window that holds it."""
         r, h = self.autoencoder(z)
         if isinstance(self.autoencoder, MixedAutoencoder):  # codes pass through the scaling
             feature_error, r = self.autoencoder.errors(r, z), self.autoencoder.expected(r)

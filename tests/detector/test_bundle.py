@@ -62,6 +62,12 @@ def test_round_trip_and_self_test(bundle_dir: Path) -> None:
             lambda p: _edit_manifest(p, behaviour={"entities": [{"entity": "card"}]}),
             "behaviour features",
         ),
+        (  # a dense model has no stages: its rows are prepared once already
+            lambda p: _edit_manifest(
+                p, stages={"lags": 1, "prepare_sha256": "0" * 64, "network_sha256": "0" * 64}
+            ),
+            "stages with 1 lags need a window",
+        ),
     ],
 )
 def test_damaged_bundles_are_refused_with_a_reason(copy: Path, damage, message: str) -> None:

@@ -4,6 +4,7 @@ and ZCA-whitened together inside the graph; the score generalises the lagged Hot
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,11 @@ import pytest
 import torch
 from torch import nn
 
+from detector.bundle import load_bundle
+from detector.errors import BundleError
 from detector.scorer import Scorer
 from detector.windows import entity_keys, table_windows
-from tests.conftest import FEATURES_SYNTH
+from tests.conftest import FEATURES_SYNTH, assert_stages_agree
 from trainer.build import build_bundle
 from trainer.config import TrainConfig
 from trainer.data import Dataset, Windows, group_codes
@@ -209,3 +212,18 @@ def test_lag_whitened_bundle_end_to_end(tmp_path: Path) -> None:
     assert s.feature_error.shape == s.reconstruction.shape == (len(xw), n)
     assert s.latent is not None and s.latent.shape == (len(xw), 2)
     assert np.allclose(s.score, s.feature_error.mean(axis=1), rtol=1e-5, atol=1e-7)
+    # The stages: each run of L samples whitened once, not once per window holding it.
+    assert m.stages is not None and m.stages.lags == L and b.stage_bytes is not None
+    prepare = ort.InferenceSession(b.stage_bytes[0], providers=["CPUExecutionProvider"])
+    (inp,), (out,) = prepare.get_inputs(), prepare.get_outputs()
+    assert inp.shape[1:] == [n] and out.shape[1:] == [L * n]
+    assert_stages_agree(b, f.values, f.entity)
+    # A stage file that is missing or not the one the manifest names is refused.
+    broken = Path(shutil.copytree(b.path, tmp_path / "missing"))
+    (broken / "network.onnx").unlink()
+    with pytest.raises(BundleError, match=r"network\.onnx: missing"):
+        load_bundle(broken)
+    broken = Path(shutil.copytree(b.path, tmp_path / "swapped"))
+    (broken / "prepare.onnx").write_bytes(b.stage_bytes[1])
+    with pytest.raises(BundleError, match=r"prepare\.onnx: sha256 .* does not match"):
+        load_bundle(broken)

@@ -20,7 +20,7 @@ from detector.errors import DataError
 from detector.offline import score_file, write_csv
 from detector.scorer import Scorer
 from detector.windows import entity_keys, gather, table_windows, window_ends
-from tests.conftest import FEATURES_SYNTH
+from tests.conftest import FEATURES_SYNTH, assert_stages_agree
 from trainer.build import build_bundle
 from trainer.config import TrainConfig
 from trainer.data import Dataset, Windows, group_codes
@@ -151,6 +151,8 @@ def test_each_model_writes_a_windowed_bundle_the_detector_accepts(
         np.testing.assert_allclose(getattr(got, name), getattr(whole, name), rtol=1e-5, atol=1e-6)
     # The reconstruction is that of the newest sample, in raw units.
     assert np.abs(whole.reconstruction - xw[:, -1]).mean() < np.abs(xw[:, -1]).mean()
+    assert m.stages is not None and m.stages.lags == 1
+    assert_stages_agree(b, x, ent)
 
 
 def test_every_network_maps_windows_to_windows_and_a_code() -> None:
