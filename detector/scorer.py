@@ -226,6 +226,23 @@ class Scorer:
             raise BundleError(
                 f"{where}: outputs {sorted(missing)} are missing (has {sorted(outputs)})"
             )
+        if self._stages is None:
+            return
+        prepare, network = self._stages
+        for session, file, name in (
+            (prepare, PREPARE_FILE, PREPARE_INPUT),
+            (network, NETWORK_FILE, NETWORK_INPUT),
+        ):
+            names = [i.name for i in session.get_inputs()]
+            if names != [name]:
+                raise BundleError(
+                    f"{self.bundle.path}/{file}: expected one input named '{name}', found {names}"
+                )
+        if missing := {o.name for o in network.get_outputs()} ^ outputs:
+            raise BundleError(
+                f"{self.bundle.path}/{NETWORK_FILE}: its outputs differ from model.onnx's in "
+                f"{sorted(missing)}"
+            )
 
     def self_test(self) -> None:
         """Score the manifest's golden sample; refuse the bundle unless it reproduces."""

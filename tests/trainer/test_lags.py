@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -227,3 +228,6 @@ def test_lag_whitened_bundle_end_to_end(tmp_path: Path) -> None:
     (broken / "prepare.onnx").write_bytes(b.stage_bytes[1])
     with pytest.raises(BundleError, match=r"prepare\.onnx: sha256 .* does not match"):
         load_bundle(broken)
+    swapped = replace(b, stage_bytes=b.stage_bytes[::-1])  # past the hashes: the graphs' names
+    with pytest.raises(BundleError, match=r"prepare\.onnx: expected one input named 'samples'"):
+        Scorer(swapped, provider="cpu")
