@@ -172,15 +172,16 @@ class Scorer:
         providers = _providers_for(provider)
         self.session = _open(bundle, MODEL_FILE, bundle.model_bytes, options, providers)
         # A windowed model in two stages (bundle.Stages): each sample prepared once.
+        # (`replace(bundle, stage_bytes=None)` scores with model.onnx alone.)
         self._stages: tuple[ort.InferenceSession, ort.InferenceSession] | None = None
-        self._lags = 1
-        if bundle.stage_bytes is not None and bundle.manifest.stages is not None:
+        stages = bundle.manifest.stages
+        self._lags = stages.lags if stages is not None else 1
+        if bundle.stage_bytes is not None:
             prepare, network = bundle.stage_bytes
             self._stages = (
                 _open(bundle, PREPARE_FILE, prepare, options, providers),
                 _open(bundle, NETWORK_FILE, network, options, providers),
             )
-            self._lags = bundle.manifest.stages.lags
         self.provider = self.session.get_providers()[0]
         if provider == "cuda" and self.provider != _CUDA:
             raise ConfigError(
@@ -238,10 +239,10 @@ class Scorer:
                 raise BundleError(
                     f"{self.bundle.path}/{file}: expected one input named '{name}', found {names}"
                 )
-        if missing := {o.name for o in network.get_outputs()} ^ outputs:
+        if differ := {o.name for o in network.get_outputs()} ^ outputs:
             raise BundleError(
                 f"{self.bundle.path}/{NETWORK_FILE}: its outputs differ from model.onnx's in "
-                f"{sorted(missing)}"
+                f"{sorted(differ)}"
             )
 
     def self_test(self) -> None:

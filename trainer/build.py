@@ -208,11 +208,12 @@ def build_bundle(
     val_scores, val_fe = _scores(model, val_w)
     golden_x = cal_w.take(slice(0, GOLDEN_ROWS))
 
-    graph = export_onnx(model, train_w.take(slice(0, 16)))
+    example = train_w.take(slice(0, 16))
+    graph = export_onnx(model, example)
     stage_files: dict[str, bytes] = {}
     stages = None
     if cfg.window > 1:
-        prepare, network = export_stages(model, train_w.take(slice(0, 16)))
+        prepare, network = export_stages(model, example)
         stage_files = {PREPARE_FILE: prepare, NETWORK_FILE: network}
         stages = Stages(
             lags=cfg.lags,
