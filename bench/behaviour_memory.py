@@ -1,4 +1,4 @@
-"""Memory and speed of the behaviour state (`detector/behaviour.py`) at a million cards.
+"""Memory and speed of the behaviour state (`detector/features/behaviour.py`) at a million cards.
 
     .venv/bin/python bench/behaviour_memory.py [--cards 1000000] [--tx-per-card 4]
                                                [--batch 5000] [--no-offline]
@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from detector.behaviour import (  # noqa: E402
+from detector.features.behaviour import (  # noqa: E402
     BehaviourSpec,
     BehaviourState,
     EntityBehaviour,

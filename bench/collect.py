@@ -32,8 +32,8 @@ from kafka import KafkaProducer  # noqa: E402
 from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
 from throughput import free_port, make_model, telemetry  # noqa: E402
 
-from detector.events import iso_ms  # noqa: E402
-from detector.registry import publish  # noqa: E402
+from detector.contract.events import iso_ms  # noqa: E402
+from detector.model.registry import publish  # noqa: E402
 
 STEP_MS = 100  # message times 100 ms apart, ending now: within the broker's 7-day retention
 
@@ -138,7 +138,7 @@ def main() -> int:
     try:
         model = make_model(workdir)
         publish(model, workdir / "registry")
-        from detector.bundle import load_bundle
+        from detector.contract.bundle import load_bundle
 
         names = load_bundle(model).features
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)

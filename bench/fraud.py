@@ -5,14 +5,14 @@ Protocol, as fraud practitioners evaluate (Le Borgne et al., Fraud Detection Han
 
 - transactions from `trainer.transactions.simulate` (the handbook's simulator design, seeded);
 - features computed for every row in time order: "raw" (what one row shows: amount, hour of
-  day) and "behaviour" (raw plus `detector.behaviour` per-card and per-terminal decayed
+  day) and "behaviour" (raw plus `detector.features.behaviour` per-card and per-terminal decayed
   windows, and optionally amount / the card's 30-day mean amount, linear or log-scaled);
 - `trainer.fraud_metrics.time_split`: a behaviour warm-up, then train days, a delay (labels
   not known yet), then test days; the test drops cards already known to be compromised;
 - both models learn "normal" from the legitimate rows of the train days only (labels are known
   there, the delay says so); a second run trains on every train row, labels ignored;
 - the autoencoder goes through the product's own path: `build_bundle` -> ONNX bundle ->
-  `detector.offline.score_file` (the Scorer the daemon uses) on a Parquet file of test rows;
+  `detector.model.offline.score_file` (the Scorer the daemon uses) on a Parquet file of test rows;
   Isolation Forest (scikit-learn, 200 trees, seeded) sees the same rows, standardised;
 - ROC-AUC, average precision and card precision@100 per day (mean) on the test days.
 
@@ -51,9 +51,10 @@ import torch
 from sklearn.ensemble import IsolationForest
 
 import detector
-from detector.behaviour import BehaviourSpec, EntityBehaviour, offline_features
-from detector.offline import score_file
-from detector.scorer import Scorer
+from detector.contract.behaviour import BehaviourSpec, EntityBehaviour
+from detector.features.behaviour import offline_features
+from detector.model.offline import score_file
+from detector.model.scorer import Scorer
 from trainer.build import build_bundle
 from trainer.config import TrainConfig
 from trainer.data import Dataset
@@ -672,13 +673,13 @@ known compromised before the delay left out): {sp["test_rows"]} test rows,
 by scenario {scen}). Models learn from the legitimate rows of the train days (at most
 {sp["max_train_rows"]} drawn at random, time order kept); "all train rows" also keeps the
 frauds, unlabelled. Autoencoder: `build_bundle`, then the bundle scored by
-`detector.offline.score_file` on a Parquet file of the test rows (score = the bundle's
+`detector.model.offline.score_file` on a Parquet file of the test rows (score = the bundle's
 anomaly score, mean squared reconstruction error). Isolation Forest: {IFOREST["n_estimators"]}
 trees, z-scores of the same rows, score = −score_samples. CP@{K}: card precision top-{K}
 per day, mean over the test days. "AP sc. s": average precision of the frauds of scenario s
 against all legitimate rows (which frauds a score finds).
 
-Features: raw = amount, hour_sin, hour_cos; behaviour = raw + `detector.behaviour`
+Features: raw = amount, hour_sin, hour_cos; behaviour = raw + `detector.features.behaviour`
 per card (count and mean amount over 1/7/30 days, log seconds since the previous payment)
 and per terminal (count over 1/7/30 days). "+log ratio" adds {feats["log ratio"]};
 "+linear ratio" adds {feats["linear ratio"]}. "log-counts": {feats["log-counts"]}; "log1p":

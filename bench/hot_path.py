@@ -22,14 +22,14 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from detector.bundle import load_bundle  # noqa: E402
-from detector.http import Health  # noqa: E402
-from detector.kafka import Delivery  # noqa: E402
-from detector.metrics import Metrics  # noqa: E402
-from detector.records import KAFKA_PYTHON, Batch  # noqa: E402
-from detector.scorer import Scorer  # noqa: E402
-from detector.service import Detector  # noqa: E402
-from detector.settings import load_settings  # noqa: E402
+from detector.app.loop import Detector  # noqa: E402
+from detector.contract.bundle import load_bundle  # noqa: E402
+from detector.kafka.batch import KAFKA_PYTHON, Batch  # noqa: E402
+from detector.kafka.kafka_python import Delivery  # noqa: E402
+from detector.model.scorer import Scorer  # noqa: E402
+from detector.ops.http import Health  # noqa: E402
+from detector.ops.metrics import Metrics  # noqa: E402
+from detector.ops.settings import load_settings  # noqa: E402
 from trainer.synth import CHANNELS, simulate  # noqa: E402
 
 

@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from throughput import UNITS, make_windowed_model, telemetry  # noqa: E402
 
-from detector.bundle import load_bundle  # noqa: E402
-from detector.scorer import Scorer  # noqa: E402
-from detector.state import EntityState  # noqa: E402
-from detector.windows import Windows  # noqa: E402
+from detector.contract.bundle import load_bundle  # noqa: E402
+from detector.features.windows import Windows  # noqa: E402
+from detector.model.scorer import Scorer  # noqa: E402
+from detector.state.windows import EntityState  # noqa: E402
 
 NAMES = [f"xmeas_{i}" for i in range(1, 42)] + [f"xmv_{i}" for i in range(1, 12)]
 

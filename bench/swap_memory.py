@@ -22,8 +22,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from detector.bundle import load_bundle  # noqa: E402
-from detector.scorer import Scorer  # noqa: E402
+from detector.contract.bundle import load_bundle  # noqa: E402
+from detector.model.scorer import Scorer  # noqa: E402
 
 
 def rss_mb() -> float:

@@ -47,8 +47,8 @@ from baselines import FitFn, components_for, cross_fitted, hotelling_t2, lagged_
 import detector
 import trainer.build
 import trainer.fit
-from detector.scorer import Scorer
-from detector.windows import table_windows
+from detector.features.windows import table_windows
+from detector.model.scorer import Scorer
 from trainer.config import TrainConfig
 from trainer.data import Dataset, load, time_split
 

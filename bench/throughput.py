@@ -519,8 +519,8 @@ class _Load:
 
 
 def inference(model: Path) -> dict[str, float]:
-    from detector.bundle import load_bundle
-    from detector.scorer import Scorer
+    from detector.contract.bundle import load_bundle
+    from detector.model.scorer import Scorer
 
     s = Scorer(load_bundle(model), provider="cpu")
     out = {}
@@ -765,7 +765,7 @@ def main() -> int:
     bootstrap = f"127.0.0.1:{port}"
     try:
         model = make_model(workdir)
-        from detector.bundle import load_bundle
+        from detector.contract.bundle import load_bundle
 
         names = load_bundle(model).features
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detector.bundle import Bundle
-from detector.scorer import Scorer
-from detector.windows import Windows, window_ends
+from detector.contract.bundle import Bundle
+from detector.features.windows import Windows, window_ends
+from detector.model.scorer import Scorer
 from trainer.synth import CHANNELS
 
 ROOT = Path(__file__).resolve().parents[1]

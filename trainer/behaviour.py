@@ -1,7 +1,7 @@
 """Behaviour features for training: the detector's own implementation, run once over a file.
 
 `fit --behaviour SPEC.json --time-column ts` reads the entity and time columns beside the
-numeric features, derives the spec's features with `detector.behaviour.with_derived` (a fresh
+numeric features, derives the spec's features with `detector.features.behaviour.with_derived` (a fresh
 state and one pass in time order, exactly what the detector computes online, and what
 `vigil-detect score` computes offline) and trains on the numeric features and the derived ones
 together. The spec travels in the manifest.
@@ -14,8 +14,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from detector.behaviour import BehaviourSpec, with_derived
+from detector.contract.behaviour import BehaviourSpec
 from detector.errors import DataError
+from detector.features.behaviour import with_derived
 from trainer.data import Dataset
 
 __all__ = ["load_spec", "with_behaviour"]

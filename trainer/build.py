@@ -21,8 +21,8 @@ import onnxruntime as ort
 import torch
 
 import detector
-from detector.behaviour import BehaviourSpec
-from detector.bundle import (
+from detector.contract.behaviour import BehaviourSpec
+from detector.contract.bundle import (
     NETWORK_FILE,
     PREPARE_FILE,
     REPORT_FILE,
@@ -35,8 +35,8 @@ from detector.bundle import (
     load_bundle,
     write_bundle,
 )
-from detector.drift import reference_edges
-from detector.scorer import Scorer
+from detector.contract.drift import reference_edges
+from detector.model.scorer import Scorer
 from trainer.calibrate import error_stats, pot_threshold, quantile_threshold
 from trainer.config import TrainConfig
 from trainer.data import Dataset, Windows, group_codes, time_split

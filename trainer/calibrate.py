@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from detector.bundle import ErrorStats, Threshold
+from detector.contract.bundle import ErrorStats, Threshold
 
 __all__ = ["error_stats", "fit_gpd", "pot_threshold", "quantile_threshold"]
 

@@ -1,5 +1,5 @@
 """Categorical columns for training: each one's codes chosen from the training rows, and the
-column coded with the detector's own encoder (`detector.categorical`), as the detector will
+column coded with the detector's own encoder (`detector.contract.categorical`), as the detector will
 code the stream.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from detector.categorical import Categorical, Encoder, as_text
+from detector.contract.categorical import Categorical, Encoder, as_text
 from detector.errors import DataError
 from trainer.config import TrainConfig
 from trainer.data import Dataset

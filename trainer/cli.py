@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
         "--behaviour",
         type=Path,
         metavar="SPEC.json",
-        help="per-entity behaviour features to derive (detector/behaviour.py: counts and means "
+        help="per-entity behaviour features to derive (detector/features/behaviour.py: counts and means "
         "over decayed 1/7/30-day windows per card or terminal, time since previous, hour of "
         "day); the detector derives them the same way from the stream. Needs --time-column",
     )
@@ -328,7 +328,7 @@ def _categorical_columns(a: argparse.Namespace, aside: list[str]) -> list[str]:
     be features (reported)."""
     if a.categorical is not None:
         return [] if a.categorical == ["none"] else a.categorical
-    from detector.tables import text_columns
+    from detector.features.tables import text_columns
 
     skip = {*aside, *(a.drop or []), a.entity_column, a.label_column}
     text = [c for c in text_columns(a.data[0], a.sep) if c not in skip]
@@ -418,9 +418,9 @@ def _fit(a: argparse.Namespace) -> int:
 def _evaluate(a: argparse.Namespace) -> int:
     import numpy as np
 
-    from detector.bundle import load_bundle
-    from detector.offline import score_file
-    from detector.scorer import Scorer
+    from detector.contract.bundle import load_bundle
+    from detector.model.offline import score_file
+    from detector.model.scorer import Scorer
     from trainer.evaluate import detection_metrics, timeline_plot
 
     scorer = Scorer(load_bundle(a.model), provider="cpu")
@@ -440,7 +440,7 @@ def _evaluate(a: argparse.Namespace) -> int:
     scored = ~res.warmup  # rows in their entity's warm-up have no score: not counted
     metrics = detection_metrics(labels[scored], res.scores.score[scored], res.threshold)
     if a.card_column:
-        from detector.decode import epoch_ms
+        from detector.features.decode import epoch_ms
         from trainer.fraud_metrics import fraud_metrics
 
         if not a.time_column:
@@ -491,7 +491,7 @@ def _synth(a: argparse.Namespace) -> int:
 
 
 def _publish(a: argparse.Namespace) -> int:
-    from detector.registry import publish
+    from detector.model.registry import publish
 
     b = publish(a.bundle, a.registry, make_current=not a.no_current)
     state = "copied in" if a.no_current else "live"
@@ -500,7 +500,7 @@ def _publish(a: argparse.Namespace) -> int:
 
 
 def _models(a: argparse.Namespace) -> int:
-    from detector.registry import list_versions
+    from detector.model.registry import list_versions
 
     rows = list_versions(a.registry)
     if not rows:
@@ -517,7 +517,7 @@ def _models(a: argparse.Namespace) -> int:
 
 def _rollback(a: argparse.Namespace) -> int:
     from detector.errors import ConfigError
-    from detector.registry import is_model_dir, rollback
+    from detector.model.registry import is_model_dir, rollback
 
     names = [p for p in a.registry.iterdir() if is_model_dir(p)] if a.registry.is_dir() else []
     if a.name:
@@ -532,7 +532,7 @@ def _rollback(a: argparse.Namespace) -> int:
 
 
 def _collect(a: argparse.Namespace) -> int:
-    from detector.settings import load_settings
+    from detector.ops.settings import load_settings
     from trainer.collect import collect, parse_duration_ms, parse_when
 
     settings = load_settings(a.config)
@@ -554,7 +554,7 @@ GATE_REFUSED = 3
 
 
 def _retrain(a: argparse.Namespace) -> int:
-    from detector.settings import load_settings
+    from detector.ops.settings import load_settings
     from trainer.retrain import retrain
 
     settings = load_settings(a.config)

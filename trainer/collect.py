@@ -30,13 +30,13 @@ import pyarrow.parquet as pq
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
-from detector.bundle import Bundle, load_bundle
-from detector.decode import Mapping, decode_batch, entity_key, event_times
+from detector.contract.bundle import Bundle, load_bundle
 from detector.errors import ConfigError
-from detector.kafka import client_config
-from detector.registry import resolve
-from detector.service import mapping_for
-from detector.settings import Settings
+from detector.features.decode import Mapping, decode_batch, entity_key, event_times
+from detector.kafka.kafka_python import client_config
+from detector.model.registry import resolve
+from detector.model.watcher import mapping_for
+from detector.ops.settings import Settings
 
 __all__ = ["Collected", "Episodes", "collect", "parse_duration_ms", "parse_when"]
 

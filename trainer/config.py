@@ -65,7 +65,7 @@ class TrainConfig:
     # 1: no stacking, each sample whitened on its own.
     lags: int = 1
     # -- categorical features (dense single-row models) -----------------------------------
-    # A categorical's values become codes (detector/categorical.py): a vocabulary of the
+    # A categorical's values become codes (detector/contract/categorical.py): a vocabulary of the
     # values seen at least `min_count` times (rarer ones share the reserved bucket with
     # values never seen, so the model learns how often "something new" happens), or, past
     # `vocabulary_max` distinct values, feature hashing into `hash_buckets` buckets. The

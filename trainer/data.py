@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-import detector.windows
-from detector.bundle import DataFile, sha256_file
-from detector.categorical import Categorical
+import detector.features.windows
+from detector.contract.bundle import DataFile, sha256_file
+from detector.contract.categorical import Categorical
 from detector.errors import DataError
-from detector.tables import read_table
-from detector.windows import entity_keys, window_ends
+from detector.features.tables import read_table
+from detector.features.windows import entity_keys, window_ends
 
 __all__ = ["Dataset", "Windows", "group_codes", "load", "time_split", "without_labelled"]
 
@@ -141,11 +141,11 @@ def group_codes(entities: np.ndarray | None, n: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Windows(detector.windows.Windows):
+class Windows(detector.features.windows.Windows):
     """The windows of `window` samples over some rows, per group, in time order.
 
     Holds the rows once (sorted by group, time order kept) and where each full window ends;
-    `take` assembles a mini-batch with `detector.windows.gather`, so [M, W, F] is never
+    `take` assembles a mini-batch with `detector.features.windows.gather`, so [M, W, F] is never
     materialised. A window-1 batch is plain rows [B, F] (the dense contract).
     """
 

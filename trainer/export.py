@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from detector.bundle import (
+from detector.contract.bundle import (
     INPUT_NAME,
     NETWORK_INPUT,
     OUTPUT_FEATURE_ERROR,

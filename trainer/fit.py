@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from detector.windows import gather
+from detector.features.windows import gather
 from trainer.config import TrainConfig
 from trainer.data import Windows
 from trainer.model import Categories, MixedAutoencoder, ScoringModel, network_for, stack_lags

@@ -6,7 +6,7 @@
    (stored in its manifest), through the same `build_bundle` as `vigil-train fit`.
 3. Live model and candidate score the held-out rows with the detector's offline scorer.
    For each: the share of rows above its threshold against the share on its calibration
-   data, and the drift of its scores from its calibration deciles (PSI, detector/drift.py).
+   data, and the drift of its scores from its calibration deciles (PSI, detector/contract/drift.py).
 4. The candidate is published to the live model's registry only if it passes the gate;
    running detectors then hot-swap to it. Otherwise the reasons are returned.
 """
@@ -23,12 +23,12 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from detector.bundle import Bundle, load_bundle
-from detector.drift import psi
+from detector.contract.bundle import Bundle, load_bundle
+from detector.contract.drift import psi
 from detector.errors import ConfigError, DataError
-from detector.offline import score_file
-from detector.registry import is_model_dir, publish, resolve
-from detector.scorer import Scorer
+from detector.model.offline import score_file
+from detector.model.registry import is_model_dir, publish, resolve
+from detector.model.scorer import Scorer
 from trainer.collect import ENTITY_COLUMN, TIME_COLUMN
 from trainer.config import TrainConfig
 

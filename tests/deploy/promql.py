@@ -1,7 +1,7 @@
 """Keeping dashboards and alert rules honest: every PromQL expression must parse, and name
 only series the detector really exports, with labels those series really have.
 
-The list comes from the detector itself (a fresh `detector.metrics.Metrics()`), never from
+The list comes from the detector itself (a fresh `detector.ops.metrics.Metrics()`), never from
 a copy that could drift.
 """
 
@@ -46,7 +46,7 @@ def exported_series() -> dict[str, frozenset[str]]:
     """Series name -> label names, for every series a detector's /metrics can contain."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    from detector.metrics import Metrics
+    from detector.ops.metrics import Metrics
 
     metrics = Metrics()
     labels: dict[str, tuple[str, ...]] = {}
@@ -74,7 +74,7 @@ def exported_series() -> dict[str, frozenset[str]]:
 def known_values() -> dict[tuple[str, str], frozenset[str]]:
     """(series, label) -> its values, for the labels the detector pre-declares (kind,
     operation, reason): a matcher on another value would never match anything."""
-    from detector.metrics import Metrics
+    from detector.ops.metrics import Metrics
 
     values: dict[tuple[str, str], set[str]] = {}
     for family in Metrics().registry.collect():

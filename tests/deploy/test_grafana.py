@@ -138,7 +138,7 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
 
 
 def test_drift_panel_marks_the_psi_thresholds() -> None:
-    """PSI: below 0.1 fine, 0.1 to 0.25 moderate, above 0.25 retrain (detector/drift.py),
+    """PSI: below 0.1 fine, 0.1 to 0.25 moderate, above 0.25 retrain (detector/contract/drift.py),
     drawn on the panel that plots it."""
     (panel,) = [
         p

@@ -171,7 +171,7 @@ def test_probes_hit_the_detectors_port(build: tuple[str, list[Doc]]) -> None:
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port["name"]}
     # /healthz fails after `liveness_timeout_s` without a loop turn; a producer flush can
     # hold the loop for the delivery timeout: the probe must not restart a pod for that.
-    from detector.http import Health
+    from detector.ops.http import Health
 
     live = c["livenessProbe"]
     tolerated = Health().liveness_timeout_s + live["periodSeconds"] * live["failureThreshold"]

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from detector.behaviour import BehaviourSpec, BehaviourState, EntityBehaviour, offline_features
+from detector.contract.behaviour import BehaviourSpec, EntityBehaviour
+from detector.features.behaviour import BehaviourState, offline_features
 from trainer.transactions import card_key, simulate, terminal_key
 
 DAY = 86_400_000

@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from detector.bundle import load_bundle
+from detector.contract.bundle import load_bundle
 from detector.errors import BundleError, ConfigError
-from detector.scorer import Scorer, decide, gpu_present, top_features
+from detector.model.scorer import Scorer, decide, gpu_present, top_features
 
 
 @pytest.fixture
@@ -140,7 +140,7 @@ def test_cuda_provider_only_when_a_gpu_is_really_there(bundle_dir: Path) -> None
 
 
 def test_decide_ranks_features_by_share_of_error() -> None:
-    from detector.scorer import Scores
+    from detector.model.scorer import Scores
 
     rng = np.random.default_rng(3)
     fe = rng.random((200, 7)).astype(np.float32)
@@ -165,7 +165,7 @@ def test_decide_ranks_features_by_share_of_error() -> None:
 
 def test_onnx_runtime_threads_do_not_spin_between_batches_unless_asked() -> None:
     """Spinning pool threads burnt 82% of a core at 500 msg/s (15% without): off by default."""
-    from detector.scorer import _session_options
+    from detector.model.scorer import _session_options
 
     off, on = _session_options(None, spinning=False), _session_options(2, spinning=True)
     for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):

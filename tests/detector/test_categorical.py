@@ -8,9 +8,9 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from detector.categorical import OTHER, Categorical, Encoder, as_text
-from detector.decode import Mapping, decode_batch
+from detector.contract.categorical import OTHER, Categorical, Encoder, as_text
 from detector.errors import ConfigError
+from detector.features.decode import Mapping, decode_batch
 
 VOCAB = Categorical(values=("card", "cash", "5411"))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from detector.cpus import cgroup_quota, cpu_budget
+from detector.model.cpus import cgroup_quota, cpu_budget
 
 
 def _tree(root: Path, files: dict[str, str]) -> None:
@@ -69,8 +69,8 @@ def test_a_scorer_pinned_to_one_cpu_runs_one_onnx_runtime_thread(bundle_dir: Pat
     to the one CPU, not to the machine."""
     code = (
         "import os; os.sched_setaffinity(0, {0})\n"
-        "from detector.bundle import load_bundle\n"
-        "from detector.scorer import Scorer\n"
+        "from detector.contract.bundle import load_bundle\n"
+        "from detector.model.scorer import Scorer\n"
         f"s = Scorer(load_bundle({str(bundle_dir)!r}), provider='cpu')\n"
         "print(s.threads, s.session.get_session_options().intra_op_num_threads)\n"
     )

@@ -4,7 +4,8 @@ import numpy as np
 import orjson
 import pytest
 
-from detector.decode import REASONS, Mapping, decode_batch
+from detector.contract.events import REASONS
+from detector.features.decode import Mapping, decode_batch
 
 F = ("a", "b", "c")
 TOP = Mapping(features=F)

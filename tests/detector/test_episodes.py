@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from detector.episodes import Episodes
+from detector.state.episodes import Episodes
 
 
 def run(ep: Episodes, alarms: str, key: str = "k") -> list[tuple[int, str, int]]:

@@ -5,8 +5,8 @@ import jsonschema
 import numpy as np
 import orjson
 
-from detector.categorical import OTHER, Categorical
-from detector.events import (
+from detector.contract.categorical import OTHER, Categorical
+from detector.contract.events import (
     EventRows,
     Source,
     dlq_headers,

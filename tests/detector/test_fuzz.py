@@ -8,10 +8,11 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detector.categorical import Categorical, Encoder
-from detector.decode import REASONS, Mapping, decode_batch
+from detector.contract.categorical import Categorical, Encoder
+from detector.contract.events import REASONS
 from detector.errors import ConfigError
-from detector.settings import load_settings
+from detector.features.decode import Mapping, decode_batch
+from detector.ops.settings import load_settings
 
 FEATURES = ("a", "b", "c")
 json_scalars = (

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from detector.http import Health, HttpServer
+from detector.ops.http import Health, HttpServer
 
 
 @pytest.fixture

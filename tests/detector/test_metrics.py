@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from detector.drift import psi, reference_edges
-from detector.metrics import LATENCY_BUCKETS, BatchHistogram, Metrics, Reference, TopEntities
+from detector.contract.drift import psi, reference_edges
+from detector.ops.metrics import LATENCY_BUCKETS, BatchHistogram, Metrics, Reference, TopEntities
 
 
 def test_batch_histogram_matches_prometheus_histogram() -> None:

@@ -5,8 +5,8 @@ import sys
 def test_detector_never_imports_torch() -> None:
     code = (
         "import sys\n"
-        "import detector, detector.cli, detector.service, detector.offline, detector.scorer\n"
-        "import detector.kafka, detector.http, detector.metrics, detector.settings, detector.tables\n"
+        "import detector, detector.app.cli, detector.app.loop, detector.model.offline, detector.model.scorer\n"
+        "import detector.kafka.kafka_python, detector.ops.http, detector.ops.metrics, detector.ops.settings, detector.features.tables\n"
         "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
         "assert not bad, bad\n"
         "print('ok')\n"

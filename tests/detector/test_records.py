@@ -8,9 +8,9 @@ import pytest
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
-from detector.rdkafka import rd_config
-from detector.records import KAFKA_PYTHON, LIBRDKAFKA, Batch, Record
-from detector.settings import KafkaSettings
+from detector.kafka.batch import KAFKA_PYTHON, LIBRDKAFKA, Batch, Record
+from detector.kafka.librdkafka import rd_config
+from detector.ops.settings import KafkaSettings
 
 ROWS = [  # topic, partition, offset, key, value, timestamp, headers
     ("a", 0, 5, b"k1", b'{"x": 1}', 1_000, [("h", b"1")]),
@@ -133,7 +133,7 @@ class FakeConsumer:
 def test_commits_go_out_at_most_once_per_interval_with_the_newest_offsets() -> None:
     from types import SimpleNamespace
 
-    from detector.rdkafka import RdKafkaSource
+    from detector.kafka.librdkafka import RdKafkaSource
 
     settings = SimpleNamespace(kafka=KafkaSettings(commit_interval_ms=200))
     src = RdKafkaSource(settings)  # type: ignore[arg-type]

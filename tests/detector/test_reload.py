@@ -10,12 +10,19 @@ import numpy as np
 import orjson
 import pytest
 
-from detector.bundle import load_bundle
-from detector.decode import Mapping
+from detector.contract.bundle import load_bundle
 from detector.errors import BundleError
-from detector.registry import list_versions, publish, read_current, resolve, rollback, set_current
-from detector.reload import ModelWatcher, check_compatible
-from detector.scorer import Scorer
+from detector.features.decode import Mapping
+from detector.model.registry import (
+    list_versions,
+    publish,
+    read_current,
+    resolve,
+    rollback,
+    set_current,
+)
+from detector.model.scorer import Scorer
+from detector.model.watcher import ModelWatcher, check_compatible
 from tests.conftest import FEATURES_SYNTH, copy_as_version
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from detector.errors import ConfigError
-from detector.settings import load_settings, masked
+from detector.ops.settings import load_settings, masked
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,7 @@
 import numpy as np
 
-from detector.state import EntityState
-from detector.windows import table_windows
+from detector.features.windows import table_windows
+from detector.state.windows import EntityState
 
 
 def _stream(n: int = 300, f: int = 3, seed: int = 0):

@@ -12,10 +12,10 @@ import orjson
 import pyarrow.csv as pacsv
 import pytest
 
-from detector.bundle import load_bundle
-from detector.events import event_schema
-from detector.offline import score_file
-from detector.scorer import Scorer
+from detector.contract.bundle import load_bundle
+from detector.contract.events import event_schema
+from detector.model.offline import score_file
+from detector.model.scorer import Scorer
 from tests.integration.kafka_helpers import (
     committed_all,
     produce,

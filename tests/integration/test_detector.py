@@ -10,9 +10,9 @@ import numpy as np
 import orjson
 import pytest
 
-from detector.bundle import load_bundle
-from detector.events import event_schema
-from detector.scorer import Scorer
+from detector.contract.bundle import load_bundle
+from detector.contract.events import event_schema
+from detector.model.scorer import Scorer
 from tests.conftest import FEATURES_SYNTH
 from tests.integration.kafka_helpers import (
     committed_all,

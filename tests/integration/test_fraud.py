@@ -15,11 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from detector.behaviour import BehaviourSpec, offline_features
-from detector.bundle import load_bundle
-from detector.events import event_schema
-from detector.offline import score_file
-from detector.scorer import Scorer
+from detector.contract.behaviour import BehaviourSpec
+from detector.contract.bundle import load_bundle
+from detector.contract.events import event_schema
+from detector.features.behaviour import offline_features
+from detector.model.offline import score_file
+from detector.model.scorer import Scorer
 from tests.integration.kafka_helpers import (
     committed_all,
     produce,

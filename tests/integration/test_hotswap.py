@@ -14,7 +14,7 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from detector.registry import publish, read_current, set_current
+from detector.model.registry import publish, read_current, set_current
 from tests.conftest import FEATURES_SYNTH, copy_as_version
 from tests.integration.kafka_helpers import committed_all, read_all, start_detector, wait_for
 from trainer import data

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from kafka import KafkaProducer
 
-from detector.registry import publish, read_current
+from detector.model.registry import publish, read_current
 from tests.integration.kafka_helpers import committed_all, start_detector, wait_for
 from trainer.build import build_bundle
 from trainer.config import TrainConfig

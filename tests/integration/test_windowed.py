@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
-from detector.bundle import load_bundle
-from detector.offline import score_file
-from detector.scorer import Scorer
+from detector.contract.bundle import load_bundle
+from detector.model.offline import score_file
+from detector.model.scorer import Scorer
 from tests.conftest import FEATURES_SYNTH
 from tests.integration.kafka_helpers import (
     committed_all,

@@ -11,11 +11,11 @@ import pyarrow.csv as pacsv
 import pytest
 import torch
 
-from detector.bundle import load_bundle
-from detector.categorical import Encoder
+from detector.contract.bundle import load_bundle
+from detector.contract.categorical import Encoder
 from detector.errors import DataError
-from detector.offline import score_file
-from detector.scorer import Scorer, decide
+from detector.model.offline import score_file
+from detector.model.scorer import Scorer, decide
 from tests.trainer.test_cli import run
 from trainer.categorical import fit_categorical
 from trainer.config import TrainConfig

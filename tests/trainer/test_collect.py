@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from detector.contract.events import iso_ms
 from detector.errors import ConfigError
-from detector.events import iso_ms
 from trainer.collect import Episodes, parse_duration_ms, parse_when
 from trainer.retrain import Gate, gate_reasons
 

@@ -3,8 +3,8 @@ import onnx
 import pytest
 import torch
 
-from detector.bundle import load_bundle
-from detector.scorer import Scorer
+from detector.contract.bundle import load_bundle
+from detector.model.scorer import Scorer
 from trainer.build import build_bundle
 from trainer.config import TrainConfig
 from trainer.data import Dataset, time_split

@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from detector.bundle import load_bundle
+from detector.contract.bundle import load_bundle
 from detector.errors import BundleError
-from detector.scorer import Scorer
-from detector.windows import entity_keys, table_windows
+from detector.features.windows import entity_keys, table_windows
+from detector.model.scorer import Scorer
 from tests.conftest import FEATURES_SYNTH, assert_stages_agree
 from trainer.build import build_bundle
 from trainer.config import TrainConfig

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from detector.errors import DataError
-from detector.tables import read_table
+from detector.features.tables import read_table
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

@@ -15,11 +15,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from detector.bundle import Bundle
+from detector.contract.bundle import Bundle
 from detector.errors import DataError
-from detector.offline import score_file, write_csv
-from detector.scorer import Scorer
-from detector.windows import entity_keys, gather, table_windows, window_ends
+from detector.features.windows import entity_keys, gather, table_windows, window_ends
+from detector.model.offline import score_file, write_csv
+from detector.model.scorer import Scorer
 from tests.conftest import FEATURES_SYNTH, assert_stages_agree
 from trainer.build import build_bundle
 from trainer.config import TrainConfig
@@ -274,7 +274,7 @@ def test_cli_fit_conv_per_entity_then_score_and_evaluate(
     )  # fmt: skip
     assert ev["rows"] == 600 - 12 and ev["rows_warmup"] == 12
     # The model was trained per entity: scoring without saying so is allowed but warned about.
-    from detector.cli import main as detect
+    from detector.app.cli import main as detect
     from trainer.cli import main as train
 
     assert detect(["score", "--model", str(b), "--data", str(faulty), "--out", str(out)]) == 0

@@ -131,8 +131,8 @@ def _configure_logging(level: str, fmt: str) -> None:
 
 
 def _run(a: argparse.Namespace) -> int:
-    from detector.service import run
-    from detector.settings import load_settings
+    from detector.app.loop import run
+    from detector.ops.settings import load_settings
 
     settings = load_settings(a.config, **_overrides(a))
     _configure_logging(settings.log_level, settings.log_format)
@@ -152,16 +152,16 @@ def _run(a: argparse.Namespace) -> int:
 
 
 def _config(a: argparse.Namespace) -> int:
-    from detector.settings import load_settings, masked
+    from detector.ops.settings import load_settings, masked
 
     print(json.dumps(masked(load_settings(a.config, **_overrides(a))), indent=2))
     return 0
 
 
 def _score(a: argparse.Namespace) -> int:
-    from detector.bundle import load_bundle
-    from detector.offline import score_file, write_csv
-    from detector.scorer import Scorer
+    from detector.contract.bundle import load_bundle
+    from detector.model.offline import score_file, write_csv
+    from detector.model.scorer import Scorer
 
     scorer = Scorer(load_bundle(a.model), provider=a.provider)
     trained_per = scorer.bundle.manifest.training.config.get("entity_column")
@@ -201,8 +201,8 @@ def _score(a: argparse.Namespace) -> int:
 
 
 def _check(a: argparse.Namespace) -> int:
-    from detector.bundle import load_bundle
-    from detector.scorer import Scorer
+    from detector.contract.bundle import load_bundle
+    from detector.model.scorer import Scorer
 
     bundle = load_bundle(a.model)
     scorer = Scorer(bundle, provider=a.provider)

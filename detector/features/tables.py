@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from detector.categorical import Encoder, as_text
+from detector.contract.categorical import Encoder, as_text
 from detector.errors import DataError
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 Shared by the trainer (training and calibration windows), the offline scorer and the
 evaluation: the live daemon builds the same windows from its per-entity ring buffers
-(`detector/state.py`). Plain numpy, no loop per row.
+(`detector/state/windows.py`). Plain numpy, no loop per row.
 """
 
 from __future__ import annotations

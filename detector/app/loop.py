@@ -26,48 +26,48 @@ import numpy as np
 import orjson
 from kafka.errors import CommitFailedError, KafkaConfigurationError, KafkaError
 
-from detector.behaviour import BehaviourSpec, BehaviourState
-from detector.bundle import Bundle, load_bundle
-from detector.decode import (
-    Decoded,
-    Mapping,
-    decode_batch,
-    entity_key,
-    event_times,
-    kafka_times,
-)
-from detector.episodes import Episodes
-from detector.errors import ConfigError, PublishError
-from detector.events import (
+from detector.contract.behaviour import BehaviourSpec
+from detector.contract.bundle import load_bundle
+from detector.contract.events import (
     CONTENT_TYPE,
     EventRows,
-    Outgoing,
     Source,
     dlq_headers,
     iso_ms_many,
     make_events,
     make_score_records,
 )
-from detector.http import Health, HttpServer
+from detector.errors import ConfigError, PublishError
+from detector.features.behaviour import BehaviourState
+from detector.features.decode import (
+    Decoded,
+    decode_batch,
+    entity_key,
+    event_times,
+    kafka_times,
+)
+from detector.features.windows import Windows
 from detector.kafka import (
     BatchSink,
     BatchSource,
     Delivery,
+    Outgoing,
     TopicPartition,
     open_sink,
     open_source,
 )
-from detector.metrics import Metrics, Reference
-from detector.notify import Notifier
-from detector.records import Batch
-from detector.registry import resolve
-from detector.reload import ModelWatcher, mapping_with, model_fields
-from detector.scorer import Decisions, Scorer, Scores, decide, top_features
-from detector.settings import Settings
-from detector.state import EntityState
-from detector.windows import Windows
+from detector.kafka.batch import Batch
+from detector.model.registry import resolve
+from detector.model.scorer import Decisions, Scorer, Scores, decide, top_features
+from detector.model.watcher import ModelWatcher, mapping_for, mapping_with
+from detector.ops.http import Health, HttpServer
+from detector.ops.metrics import Metrics, Reference
+from detector.ops.notify import Notifier
+from detector.ops.settings import Settings
+from detector.state.episodes import Episodes
+from detector.state.windows import EntityState
 
-__all__ = ["Detector", "mapping_for", "run"]
+__all__ = ["Detector", "run"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,18 +84,6 @@ def reference_of(scorer: Scorer, threshold: float) -> Reference:
     calibrated = m.validation.get("calibration_alarm_rate")
     return Reference(
         threshold, calibrated if threshold == scorer.threshold else None, m.score_reference
-    )
-
-
-def mapping_for(settings: Settings, bundle: Bundle) -> Mapping:
-    p = settings.payload
-    return Mapping(
-        **model_fields(bundle),
-        features_at=p.features_at,
-        features_field=p.features_field,
-        key_field=p.key_field if p.key_from == "field" else None,
-        time_field=p.time_field if p.time_from == "field" else None,
-        max_bytes=p.max_bytes,
     )
 
 
@@ -389,7 +377,7 @@ class Detector:
             log.warning("cannot write the behaviour snapshot %s: %s", path, e)
 
     def _with_behaviour(self, decoded: Decoded, event_ms: np.ndarray) -> Decoded:
-        """Derive the model's behaviour features from per-entity state (detector/behaviour.py,
+        """Derive the model's behaviour features from per-entity state (detector/features/behaviour.py,
         the trainer's own implementation) and put them beside the payload's, in the model's
         feature order. A row without an event time counts as now."""
         if self.behaviour is None or decoded.entities is None:

@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from detector.categorical import Categorical
+from detector.contract.categorical import Categorical
 
 __all__ = [
     "CONTENT_TYPE",
     "EVENT_SCHEMA_VERSION",
+    "REASONS",
     "EventRows",
-    "Outgoing",
     "Source",
     "dlq_headers",
     "event_id",
@@ -31,6 +31,21 @@ __all__ = [
     "make_events",
     "make_score_records",
 ]
+
+# Every reason a message can be dead-lettered for; a bounded label set for metrics.
+REASONS = (
+    "empty",
+    "too_large",
+    "not_json",
+    "not_object",
+    "missing_feature",
+    "wrong_type",
+    "not_finite",
+    "wrong_length",
+    "bad_key",
+    "bad_time",
+    "out_of_range",
+)
 
 CONTENT_TYPE = b"application/json"
 EVENT_SCHEMA_VERSION = 1
@@ -49,14 +64,6 @@ class Source:
     def of(cls, record: Any) -> Source:
         """Where a consumed record came from (anything with topic, partition, offset)."""
         return cls(record.topic, record.partition, record.offset)
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]]
 
 
 def event_schema() -> dict[str, Any]:

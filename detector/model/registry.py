@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from detector.bundle import MANIFEST_FILE, Bundle, load_bundle
+from detector.contract.bundle import MANIFEST_FILE, Bundle, load_bundle
 from detector.errors import BundleError
 
 __all__ = [
@@ -124,7 +124,7 @@ def publish(
 ) -> Bundle:
     """Copy a verified bundle into the registry and (by default) make it current."""
     bundle = load_bundle(bundle_dir)
-    from detector.scorer import Scorer
+    from detector.model.scorer import Scorer
 
     Scorer(bundle, provider="cpu")  # refuse what a detector would refuse, before it is live
     m = bundle.manifest

@@ -15,7 +15,7 @@ from functools import cached_property
 from operator import attrgetter, methodcaller
 from typing import Any
 
-from kafka.structs import TopicPartition
+from detector.kafka.types import TopicPartition
 
 __all__ = ["KAFKA_PYTHON", "LIBRDKAFKA", "Batch", "Fields", "Record"]
 

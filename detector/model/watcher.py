@@ -15,13 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from detector.bundle import Bundle, load_bundle
-from detector.decode import Mapping, decode_batch
+from detector.contract.bundle import Bundle, load_bundle
 from detector.errors import BundleError, ConfigError
-from detector.registry import is_model_dir, read_current
-from detector.scorer import Provider, Scorer
+from detector.features.decode import Mapping, decode_batch
+from detector.model.registry import is_model_dir, read_current
+from detector.model.scorer import Provider, Scorer
+from detector.ops.settings import Settings
 
-__all__ = ["ModelWatcher", "check_compatible", "mapping_with", "model_fields"]
+__all__ = ["ModelWatcher", "check_compatible", "mapping_for", "mapping_with", "model_fields"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,19 @@ def mapping_with(mapping: Mapping, bundle: Bundle) -> Mapping:
     from dataclasses import replace
 
     return replace(mapping, **model_fields(bundle))
+
+
+def mapping_for(settings: Settings, bundle: Bundle) -> Mapping:
+    """Where `bundle`'s features, key and time are in a message, per the payload settings."""
+    p = settings.payload
+    return Mapping(
+        **model_fields(bundle),
+        features_at=p.features_at,
+        features_field=p.features_field,
+        key_field=p.key_field if p.key_from == "field" else None,
+        time_field=p.time_field if p.time_from == "field" else None,
+        max_bytes=p.max_bytes,
+    )
 
 
 def check_compatible(live: Mapping, candidate: Bundle, recent: list[bytes | None]) -> None:

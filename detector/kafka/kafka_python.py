@@ -17,9 +17,9 @@ from kafka.errors import KafkaConnectionError, KafkaError, SaslAuthenticationFai
 from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 
 from detector.errors import ConfigError, PublishError
-from detector.events import Outgoing
-from detector.records import KAFKA_PYTHON, Batch
-from detector.settings import KafkaSettings, Settings
+from detector.kafka.batch import KAFKA_PYTHON, Batch
+from detector.kafka.types import Outgoing
+from detector.ops.settings import KafkaSettings, Settings
 
 __all__ = [
     "BatchSink",
@@ -175,7 +175,7 @@ class BatchSink(Protocol):
 def open_sink(settings: Settings) -> BatchSink:
     """The producer of `kafka.client`; raises KafkaError if it cannot start."""
     if settings.kafka.client == "librdkafka":
-        from detector.rdkafka import RdKafkaSink
+        from detector.kafka.librdkafka import RdKafkaSink
 
         return RdKafkaSink(settings)
     return KafkaSink(settings)
@@ -186,7 +186,7 @@ def open_source(
 ) -> BatchSource:
     """The consumer of `kafka.client`, not yet connected."""
     if settings.kafka.client == "librdkafka":
-        from detector.rdkafka import RdKafkaSource  # confluent-kafka loads only if chosen
+        from detector.kafka.librdkafka import RdKafkaSource  # confluent-kafka loads only if chosen
 
         return RdKafkaSource(settings, on_commit_error)
     return KafkaSource(settings, on_commit_error)

@@ -22,11 +22,10 @@ import msgspec
 import numpy as np
 import orjson
 
-from detector.categorical import Encoder
+from detector.contract.categorical import Encoder
 from detector.errors import ConfigError
 
 __all__ = [
-    "REASONS",
     "Decoded",
     "Mapping",
     "Reject",
@@ -36,21 +35,6 @@ __all__ = [
     "event_times",
     "kafka_times",
 ]
-
-# Every reason a message can be dead-lettered for; a bounded label set for metrics.
-REASONS = (
-    "empty",
-    "too_large",
-    "not_json",
-    "not_object",
-    "missing_feature",
-    "wrong_type",
-    "not_finite",
-    "wrong_length",
-    "bad_key",
-    "bad_time",
-    "out_of_range",
-)
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,10 @@ from kafka.errors import KafkaConfigurationError, KafkaConnectionError, KafkaErr
 from kafka.structs import TopicPartition
 
 from detector.errors import ConfigError, PublishError
-from detector.events import Outgoing
-from detector.kafka import Delivery, certificate_untrusted, credentials_refused
-from detector.records import LIBRDKAFKA, Batch
-from detector.settings import KafkaSettings, Settings
+from detector.kafka.batch import LIBRDKAFKA, Batch
+from detector.kafka.kafka_python import Delivery, certificate_untrusted, credentials_refused
+from detector.kafka.types import Outgoing
+from detector.ops.settings import KafkaSettings, Settings
 
 __all__ = ["RdKafkaSink", "RdKafkaSource", "rd_config"]
 

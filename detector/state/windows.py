@@ -3,7 +3,7 @@
 Each (topic, partition, entity key) keeps its last W-1 samples. For a batch, rows are
 grouped by entity with numpy, each entity's new rows are stacked under its history, and
 the windows ending at every new row are referenced by where they end: a loop per entity,
-not per message. The same windows as `detector/windows.py` builds for a file.
+not per message. The same windows as `detector/features/windows.py` builds for a file.
 
 Policy, documented in the README:
 - warm-up: an entity's first W-1 samples only fill its buffer; they are not scored,
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.windows import Windows
+from detector.features.windows import Windows
 
 __all__ = ["EntityState", "Windowed"]
 

@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from detector.decode import REASONS
-from detector.drift import psi
+from detector.contract.drift import psi
+from detector.contract.events import REASONS
 
 __all__ = ["BatchHistogram", "Metrics", "RecentQuantiles", "Reference", "TopEntities"]
 

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from detector.bundle import (
+from detector.contract.bundle import (
     INPUT_NAME,
     MODEL_FILE,
     NETWORK_FILE,
@@ -27,9 +27,9 @@ from detector.bundle import (
     PREPARE_INPUT,
     Bundle,
 )
-from detector.cpus import cpu_budget
 from detector.errors import BundleError, ConfigError
-from detector.windows import Windows
+from detector.features.windows import Windows
+from detector.model.cpus import cpu_budget
 
 __all__ = [
     "CHUNK_VALUES",

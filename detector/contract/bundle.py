@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from detector.behaviour import BehaviourSpec
-from detector.categorical import Categorical, Encoder
+from detector.contract.behaviour import BehaviourSpec
+from detector.contract.categorical import Categorical, Encoder
 from detector.errors import BundleError
 
 __all__ = [
@@ -158,15 +158,15 @@ class Manifest(_Frozen):
     training: Training
     validation: dict[str, float]
     # Deciles of held-out normal scores: the reference of the detector's drift statistic
-    # (detector/drift.py). Absent in bundles written before it existed.
+    # (detector/contract/drift.py). Absent in bundles written before it existed.
     score_reference: list[float] | None = Field(default=None, min_length=1, max_length=99)
-    # Per-entity behaviour features (detector/behaviour.py) that the detector derives from
+    # Per-entity behaviour features (detector/features/behaviour.py) that the detector derives from
     # the stream, with their own state; the other features come from the payload as is.
     behaviour: BehaviourSpec | None = None
     # Declared valid ranges of payload features (`fit --bounds amount=0:`): the detector
     # dead-letters a message outside them as out_of_range. None for an open end.
     bounds: dict[str, tuple[float | None, float | None]] | None = None
-    # Categorical payload features and their codes (detector/categorical.py): the message
+    # Categorical payload features and their codes (detector/contract/categorical.py): the message
     # carries the raw value, the model's input its code.
     categorical: dict[str, Categorical] | None = None
     model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -292,7 +292,7 @@ def _explain(err: ValidationError) -> str:
 
 def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     """Read and check a bundle's files. Running the model (I/O shapes, golden sample)
-    is `detector.scorer.Scorer`'s job, so that it happens in the session that serves."""
+    is `detector.model.scorer.Scorer`'s job, so that it happens in the session that serves."""
     root = Path(path)
     if not root.is_dir():
         raise BundleError(

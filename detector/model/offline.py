@@ -1,7 +1,7 @@
 """Offline scoring of a file: the same Scorer and `decide` the daemon uses.
 
 Windowed bundles score each row as the newest sample of its entity's last W rows, in file
-order (`detector.windows`, the definition the trainer uses too). A row before its entity's
+order (`detector.features.windows`, the definition the trainer uses too). A row before its entity's
 W-th sample is in warm-up: it has no score and never alarms.
 """
 
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.behaviour import with_derived
 from detector.errors import DataError
-from detector.scorer import Decisions, Scorer, Scores, decide
-from detector.tables import Table, read_table
-from detector.windows import Windows, entity_keys, window_ends
+from detector.features.behaviour import with_derived
+from detector.features.tables import Table, read_table
+from detector.features.windows import Windows, entity_keys, window_ends
+from detector.model.scorer import Decisions, Scorer, Scores, decide
 
 __all__ = ["ScoredFile", "score_file", "write_csv"]
 
