@@ -29,6 +29,7 @@ test-fast: setup
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 demo: setup
 	$(BIN)/python scripts/demo.py

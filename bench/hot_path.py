@@ -15,32 +15,24 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from detector.app.live import LiveModel  # noqa: E402
 from detector.app.loop import Detector  # noqa: E402
 from detector.contract.bundle import load_bundle  # noqa: E402
-from detector.kafka.batch import KAFKA_PYTHON, Batch  # noqa: E402
-from detector.kafka.kafka_python import Delivery  # noqa: E402
+from detector.kafka import Batch  # noqa: E402
+from detector.kafka.memory import MEMORY, MemoryDelivery, MemoryRecord  # noqa: E402
 from detector.model.scorer import Scorer  # noqa: E402
+from detector.model.watcher import mapping_for  # noqa: E402
 from detector.ops.http import Health  # noqa: E402
 from detector.ops.metrics import Metrics  # noqa: E402
 from detector.ops.settings import load_settings  # noqa: E402
 from trainer.synth import CHANNELS, simulate  # noqa: E402
-
-
-class Record(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes
-    value: bytes
-    headers: list[tuple[str, bytes]]
 
 
 class NoKafka:
@@ -55,11 +47,13 @@ class NoKafka:
 
     sent = 0
 
-    def send(self, records: list[Any]) -> Delivery:
+    def send(self, records: list[Any]) -> MemoryDelivery:
         self.sent += len(records)
-        return Delivery(records)
+        d = MemoryDelivery(records)
+        d.acknowledged = True
+        return d
 
-    def wait(self, d: Delivery) -> None: ...
+    def wait(self, d: MemoryDelivery) -> None: ...
 
 
 def main() -> int:
@@ -82,22 +76,22 @@ def main() -> int:
     live = simulate(a.batch // 4 + 1, 4, seed=1, fault_rate=0.02)
     now = int(time.time() * 1000)
     batch = [
-        Record(
+        MemoryRecord(
             "t",
             0,
             i,
-            now,
             live.entity[i].encode(),
             orjson.dumps(dict(zip(CHANNELS, map(float, live.values[i]), strict=True))),
-            [],
+            now,
         )
         for i in range(a.batch)
     ]
     stub = NoKafka()
     settings = load_settings(None, model={"path": str(model)})
+    bundle = load_bundle(model)
     d = Detector(
         settings,
-        Scorer(load_bundle(model), "cpu"),
+        LiveModel.of(Scorer(bundle, "cpu"), mapping_for(settings, bundle)),
         stub,
         stub,
         Metrics(),
@@ -105,10 +99,10 @@ def main() -> int:
         threading.Event(),
     )  # type: ignore[arg-type]
     for _ in range(3):
-        d.process(Batch(batch, KAFKA_PYTHON))
+        d.process(Batch(batch, MEMORY))
     t0 = time.perf_counter()
     for _ in range(a.repeats):
-        d.process(Batch(batch, KAFKA_PYTHON))  # a fresh Batch per poll, as the daemon's
+        d.process(Batch(batch, MEMORY))  # a fresh Batch per poll, as the daemon's
     us = (time.perf_counter() - t0) / (a.repeats * a.batch) * 1e6
     assert stub.sent > 0, "no anomaly events were built: the batch does not exercise events"
     result = {

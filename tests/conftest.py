@@ -21,7 +21,8 @@ from detector.model.scorer import Scorer
 from trainer.synth import CHANNELS
 
 ROOT = Path(__file__).resolve().parents[1]
-TEP_DIR = Path(os.environ.get("VIGIL_TEP_DIR", ROOT.parent / "shared" / "data" / "tep"))
+# A copy of the Tennessee Eastman runs the tests use, with its LICENSE: nothing outside the clone.
+TEP_DIR = Path(os.environ.get("VIGIL_TEP_DIR", ROOT / "data" / "tep"))
 FEATURES_SYNTH = list(CHANNELS)  # the synthetic plant's channels, in order
 
 

@@ -162,7 +162,11 @@ def build_bundle(
     bounds: dict[str, tuple[float | None, float | None]] | None = None,
 ) -> Bundle:
     """Fit, calibrate, export and write a bundle. `behaviour`: the spec that derived some of
-    `data`'s features (trainer/behaviour.py); the detector derives them the same way."""
+    `data`'s features (`detector.features.inputs`; default `data.behaviour`); the detector
+    derives them the same way. `bounds`: declared ranges of payload features (default
+    `data.bounds`), recorded in the manifest."""
+    behaviour = behaviour if behaviour is not None else data.behaviour
+    bounds = bounds if bounds is not None else data.bounds
     cfg = cfg.resolved(len(data.values))
     cfg.check()
     for name, (low, high) in (bounds or {}).items():

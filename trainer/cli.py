@@ -1,20 +1,19 @@
-"""vigil-train: fit a bundle, evaluate it, generate synthetic telemetry."""
+"""vigil-train: fit a bundle, evaluate it, generate synthetic telemetry, collect recent data
+from the stream and retrain through a gate.
+
+This module parses the command line; `trainer.commands` runs each command.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, fields
-from datetime import UTC, datetime
 from pathlib import Path
 
 from detector.errors import VigilError
-from trainer.config import MODELS, SCORES, TrainConfig
-from trainer.retrain import Gate
+from trainer.config import MODELS, SCORES, Gate, TrainConfig
 
 __all__ = ["main"]
 
@@ -57,11 +56,26 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
     ap = argparse.ArgumentParser(prog="vigil-train", description=__doc__)
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="command", required=True)
+    f = _add_fit(sub)
+    _add_fit_features(f)
+    _add_fit_training(f)
+    _add_evaluate(sub)
+    _add_registry(sub)
+    _add_synth(sub)
+    _add_collect(sub)
+    _add_retrain(sub)
+    return ap
 
+
+_Sub = argparse._SubParsersAction  # the `sub` of ArgumentParser.add_subparsers
+
+
+def _add_fit(sub: _Sub) -> argparse.ArgumentParser:
+    """fit: the data, the model's kind and windows."""
+    d = TrainConfig()
     f = sub.add_parser("fit", help="fit an autoencoder on normal data and write a bundle")
     f.add_argument(
         "--data",
@@ -106,6 +120,12 @@ def _parser() -> argparse.ArgumentParser:
         "per entity in file order and never straddle two; never a feature. Without it all "
         "rows are one entity",
     )
+    return f
+
+
+def _add_fit_features(f: argparse.ArgumentParser) -> None:
+    """fit: behaviour, labels, categorical features, bounds."""
+    d = TrainConfig()
     f.add_argument(
         "--behaviour",
         type=Path,
@@ -161,6 +181,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="COL",
         help="with --behaviour: the event time of each row (epoch s or ms, or ISO 8601)",
     )
+    f.add_argument(
+        "--warmup",
+        metavar="DURATION",
+        default="0s",
+        help="with --behaviour: the rows of the first DURATION ('30d') only build per-entity "
+        "history and are not trained on, so that the model learns behaviour features as a "
+        "detector that has run a while computes them (default %(default)s)",
+    )
+
+
+def _add_fit_training(f: argparse.ArgumentParser) -> None:
+    """fit: network, scaling, optimisation, calibration."""
+    d = TrainConfig()
     f.add_argument(
         "--hidden",
         type=_ints,
@@ -232,6 +265,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--no-progress", action="store_true")
 
+
+def _add_evaluate(sub: _Sub) -> None:
     e = sub.add_parser("evaluate", help="score a labelled file and report detection quality")
     e.add_argument("--model", required=True, type=Path, help="bundle directory")
     e.add_argument("--data", required=True)
@@ -257,6 +292,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--k", type=int, default=100, help="cards a day an analyst checks (CP@k)")
     _add_input_options(e)
 
+
+def _add_registry(sub: _Sub) -> None:
     p = sub.add_parser("publish", help="copy a bundle into a model registry and make it current")
     p.add_argument("bundle", type=Path)
     p.add_argument("--registry", required=True, type=Path)
@@ -270,6 +307,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--name", help="model name (needed when the registry holds several)")
     r.add_argument("--to", help="version to make current (default: the one before the live one)")
 
+
+def _add_synth(sub: _Sub) -> None:
     s = sub.add_parser("synth", help="write synthetic plant telemetry (for demos and tests)")
     s.add_argument("--out", required=True, type=Path, help=".csv, .parquet or .jsonl")
     s.add_argument("--steps", type=int, default=2880, help="samples per entity (default 2 days)")
@@ -278,14 +317,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--drift", type=float, default=0.0, help="wear reached in the last third")
 
-    detector_settings = (
-        "Kafka, topics, payload mapping and model.path come from the detector's settings: "
-        "VIGIL_* environment variables and --config, as for `vigil-detect run`."
-    )
+
+_DETECTOR_SETTINGS = (
+    "Kafka, topics, payload mapping and model.path come from the detector's settings: "
+    "VIGIL_* environment variables and --config, as for `vigil-detect run`."
+)
+
+
+def _add_collect(sub: _Sub) -> None:
     c = sub.add_parser(
         "collect",
         help="read recent normal data from the input topic into Parquet",
-        description=detector_settings,
+        description=_DETECTOR_SETTINGS,
     )
     c.add_argument("--config", type=Path, help="the detector's TOML or YAML settings file")
     c.add_argument("--since", required=True, help="'7d', '12h', '30m' ago, or an ISO 8601 time")
@@ -296,10 +339,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--out", required=True, type=Path, help="Parquet file to write")
     c.add_argument("--no-progress", action="store_true")
+
+
+def _add_retrain(sub: _Sub) -> None:
     rt = sub.add_parser(
         "retrain",
         help="fit a candidate on collected data, compare with the live model, publish if it passes",
-        description=detector_settings,
+        description=_DETECTOR_SETTINGS,
     )
     rt.add_argument("--config", type=Path, help="the detector's TOML or YAML settings file")
     rt.add_argument("--data", required=True, type=Path, help="Parquet from `vigil-train collect`")
@@ -308,272 +354,22 @@ def _parser() -> argparse.ArgumentParser:
     rt.add_argument("--max-alert-ratio", type=float, default=g.max_alert_ratio)
     rt.add_argument("--max-psi", type=float, default=g.max_psi)
     rt.add_argument("--holdout", type=float, default=g.holdout)
+    rt.add_argument(
+        "--warmup",
+        metavar="DURATION",
+        default="0s",
+        help="models with behaviour features: the collected rows of the first DURATION "
+        "('30d', at least the longest behaviour window) only build per-entity history; "
+        "neither trained on nor held out (default %(default)s)",
+    )
+    rt.add_argument(
+        "--refit-vocabularies",
+        action="store_true",
+        help="choose the categorical features' vocabularies again on the collected training "
+        "rows (default: keep the live model's, so codes keep their meaning)",
+    )
     rt.add_argument("--dry-run", action="store_true", help="compare, never publish")
     rt.add_argument("--no-progress", action="store_true")
-    return ap
-
-
-def _config(a: argparse.Namespace) -> TrainConfig:
-    names = {f.name for f in fields(TrainConfig)}
-    values = {k: v for k, v in vars(a).items() if k in names and v is not None}
-    if a.fpr is not None:
-        values["quantile"] = 1.0 - a.fpr
-    if a.calibration is None and "quantile" in values:
-        values["calibration"] = "quantile"  # asking for a false-positive rate means the quantile
-    return TrainConfig(**values)
-
-
-def _categorical_columns(a: argparse.Namespace, aside: list[str]) -> list[str]:
-    """--categorical as given, or the text columns of the first file that would otherwise
-    be features (reported)."""
-    if a.categorical is not None:
-        return [] if a.categorical == ["none"] else a.categorical
-    from detector.features.tables import text_columns
-
-    skip = {*aside, *(a.drop or []), a.entity_column, a.label_column}
-    text = [c for c in text_columns(a.data[0], a.sep) if c not in skip]
-    if a.features:
-        text = [c for c in text if c in a.features]
-    if text:
-        print(
-            f"categorical features (text columns): {', '.join(text)}; name them with "
-            "--categorical, or --drop them",
-            file=sys.stderr,
-        )
-    return text
-
-
-def _fit(a: argparse.Namespace) -> int:
-    cfg = _config(a)
-    cfg.check()  # before loading torch or reading what may be a large file
-
-    from trainer import data
-    from trainer.build import build_bundle
-
-    spec = None
-    if a.behaviour is not None:
-        from trainer.behaviour import load_spec
-
-        if not a.time_column:
-            raise ValueError("--behaviour needs --time-column (the event time of each row)")
-        spec = load_spec(a.behaviour)
-    aside = [*spec.entity_fields(), a.time_column] if spec is not None else []
-    categorical = _categorical_columns(a, aside)
-    features = [f for f in a.features if f not in categorical] if a.features else None
-    ds = data.load(
-        a.data,
-        features=features,
-        drop=[d for d in a.drop or [] if d not in categorical] or None,
-        sep=a.sep,
-        transpose=a.transpose,
-        drop_bad_rows=a.drop_bad_rows,
-        entity_column=a.entity_column,
-        aside=[*aside, *categorical, *([a.label_column] if a.label_column else [])],
-    )
-    if ds.rows_dropped:
-        print(
-            f"dropped {ds.rows_dropped} rows with missing, NaN or infinite values", file=sys.stderr
-        )
-    if categorical:
-        from trainer.categorical import with_categorical
-
-        ds = with_categorical(ds, categorical, cfg)
-    if spec is not None:
-        from trainer.behaviour import with_behaviour
-
-        ds = with_behaviour(ds, spec, a.time_column)
-    if a.label_column:
-        if cfg.window > 1:
-            raise ValueError(
-                "--label-column leaves rows out, which would join windows across the gaps: "
-                "for windowed models, cut labelled stretches out of the files instead"
-            )
-        ds, left_out = data.without_labelled(ds, a.label_column)
-        print(f"left out {left_out} labelled rows ('{a.label_column}' not 0)", file=sys.stderr)
-    bundle = build_bundle(
-        ds, cfg, a.out, progress=not a.no_progress, behaviour=spec, bounds=a.bounds
-    )
-    m = bundle.manifest
-    print(
-        json.dumps(
-            {
-                "bundle": str(bundle.path),
-                "name": m.name,
-                "version": m.version,
-                "features": len(m.features),
-                "model": cfg.model,
-                "window": m.window,
-                "rows": len(ds.values),
-                "threshold": m.threshold.model_dump(),
-                "validation": m.validation,
-                "epochs": m.training.epochs,
-                "best_epoch": m.training.best_epoch,
-            },
-            indent=2,
-        )
-    )
-    return 0
-
-
-def _evaluate(a: argparse.Namespace) -> int:
-    import numpy as np
-
-    from detector.contract.bundle import load_bundle
-    from detector.model.offline import score_file
-    from detector.model.scorer import Scorer
-    from trainer.evaluate import detection_metrics, timeline_plot
-
-    scorer = Scorer(load_bundle(a.model), provider="cpu")
-    res = score_file(
-        scorer,
-        a.data,
-        sep=a.sep,
-        transpose=a.transpose,
-        drop_bad_rows=a.drop_bad_rows,
-        keep=[a.label_column, *([a.card_column, a.time_column] if a.card_column else [])],
-        entity_column=a.entity_column,
-        threshold=a.threshold,
-        time_column=a.time_column,
-    )
-    extra_cols = res.table.extra or {}
-    labels = np.asarray(extra_cols[a.label_column]).astype(float) > 0
-    scored = ~res.warmup  # rows in their entity's warm-up have no score: not counted
-    metrics = detection_metrics(labels[scored], res.scores.score[scored], res.threshold)
-    if a.card_column:
-        from detector.features.decode import epoch_ms
-        from trainer.fraud_metrics import fraud_metrics
-
-        if not a.time_column:
-            raise ValueError("--card-column needs --time-column (card precision is per day)")
-        days = epoch_ms(extra_cols[a.time_column]) // 86_400_000
-        fm = fraud_metrics(
-            days[scored],
-            extra_cols[a.card_column][scored],
-            res.scores.score[scored],
-            labels[scored],
-            a.k,
-        )
-        metrics |= {"fraud": asdict(fm)}
-    plot = a.plot or Path(f"{a.data}.timeline.png")
-    plot.write_bytes(
-        timeline_plot(res.scores.score, labels, res.threshold, f"{a.model.name} on {a.data}")
-    )
-    extra = {"rows_warmup": int(res.warmup.sum()), "plot": str(plot)}
-    print(json.dumps(metrics | extra, indent=2))
-    return 0
-
-
-def _synth(a: argparse.Namespace) -> int:
-    import pyarrow as pa
-
-    from trainer.synth import simulate
-
-    t = simulate(a.steps, a.entities, seed=a.seed, fault_rate=a.fault_rate, drift=a.drift)
-    table = pa.table(t.columns())
-    suffix = a.out.suffix.lower()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        pq.write_table(table, a.out)
-    elif suffix in (".jsonl", ".ndjson"):
-        import orjson
-
-        with a.out.open("wb") as f:
-            for row in table.to_pylist():
-                f.write(orjson.dumps(row) + b"\n")
-    else:
-        import pyarrow.csv as pacsv
-
-        pacsv.write_csv(table, a.out)
-    print(f"wrote {len(t.values)} rows ({int(t.label.sum())} in fault episodes) to {a.out}")
-    return 0
-
-
-def _publish(a: argparse.Namespace) -> int:
-    from detector.model.registry import publish
-
-    b = publish(a.bundle, a.registry, make_current=not a.no_current)
-    state = "copied in" if a.no_current else "live"
-    print(f"{b.manifest.name} {b.manifest.version} published to {b.path} ({state})")
-    return 0
-
-
-def _models(a: argparse.Namespace) -> int:
-    from detector.model.registry import list_versions
-
-    rows = list_versions(a.registry)
-    if not rows:
-        print(f"no models in {a.registry}")
-    for e in rows:
-        mark = "*" if e.live else " "
-        rate = e.validation.get("calibration_alarm_rate", float("nan"))
-        print(
-            f"{mark} {e.name:<20} {e.version:<28} threshold {e.threshold:<10.4g} "
-            f"val loss {e.validation.get('loss', float('nan')):<10.4g} calib. alarm rate {rate:.4f}"
-        )
-    return 0
-
-
-def _rollback(a: argparse.Namespace) -> int:
-    from detector.errors import ConfigError
-    from detector.model.registry import is_model_dir, rollback
-
-    names = [p for p in a.registry.iterdir() if is_model_dir(p)] if a.registry.is_dir() else []
-    if a.name:
-        names = [a.registry / a.name]
-    if len(names) != 1:
-        raise ConfigError(
-            f"{a.registry}: name the model with --name (found {[p.name for p in names]})"
-        )
-    version = rollback(names[0], a.to)
-    print(f"{names[0].name} now serves {version}")
-    return 0
-
-
-def _collect(a: argparse.Namespace) -> int:
-    from detector.ops.settings import load_settings
-    from trainer.collect import collect, parse_duration_ms, parse_when
-
-    settings = load_settings(a.config)
-    now = int(time.time() * 1000)
-    result = collect(
-        settings,
-        a.out,
-        parse_when(a.since, now),
-        parse_when(a.until, now),
-        margin_ms=parse_duration_ms(a.margin),
-        drop_alerted_entities=a.drop_alerted_entities,
-        progress=not a.no_progress,
-    )
-    print(json.dumps(result.summary(), indent=2))
-    return 0
-
-
-GATE_REFUSED = 3
-
-
-def _retrain(a: argparse.Namespace) -> int:
-    from detector.ops.settings import load_settings
-    from trainer.retrain import retrain
-
-    settings = load_settings(a.config)
-    report = a.report or Path(f"retrain-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
-    gate = Gate(a.max_alert_ratio, a.max_psi, a.holdout)
-    outcome = retrain(
-        Path(settings.model.path),
-        a.data,
-        report,
-        gate,
-        dry_run=a.dry_run,
-        progress=not a.no_progress,
-    )
-    print(json.dumps(outcome.comparison, indent=2))
-    if outcome.reasons:
-        for r in outcome.reasons:
-            print(f"vigil-train: candidate refused: {r}", file=sys.stderr)
-        return GATE_REFUSED
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -582,18 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if a.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from trainer.commands import COMMANDS
+
     try:
-        commands = {
-            "fit": _fit,
-            "evaluate": _evaluate,
-            "synth": _synth,
-            "publish": _publish,
-            "models": _models,
-            "rollback": _rollback,
-            "collect": _collect,
-            "retrain": _retrain,
-        }
-        return commands[a.command](a)
+        return COMMANDS[a.command](a)
     except VigilError as e:
         print(f"vigil-train: error: {e}", file=sys.stderr)
         return 2

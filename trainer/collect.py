@@ -1,16 +1,27 @@
 """Recent normal data from the input topic, for retraining (`vigil-train collect`).
 
 Reads a time range of the detector's input topics (found with offsets-for-times, never by
-scanning from the start) with the detector's own decoder and payload mapping, and leaves
-out what must not teach the model "normal":
+scanning from the start) with the detector's own decoder and payload mapping, and marks
+what must not teach the model "normal":
 
-- messages the decoder refuses (the ones the detector dead-letters, for the same reasons);
+- messages the decoder refuses (the ones the detector dead-letters, for the same reasons)
+  are not written, nor messages without an event time;
 - messages of an entity inside one of its anomaly episodes, as recorded on the events topic,
-  widened by a margin on both sides (a fault starts before its first alarm);
-- optionally every message of an entity that alarmed at all in the range.
+  widened by a margin on both sides (a fault starts before its first alarm), and optionally
+  every message of an entity that alarmed at all in the range, are written with the reason
+  in `left_out`: never trained on, but part of the history that behaviour features are
+  derived from, as they are part of a running detector's state.
 
-No consumer group: it never commits, and never disturbs the detectors' group. Memory is
-bounded: rows go to Parquet in row groups as they are decoded.
+It writes what retraining reads (`trainer/retrain.py`, through the one input path of
+`detector.features.inputs`): the event time (`timestamp_ms`), the entity key (`entity`),
+`left_out`, the raw values of the fields that name entities for behaviour features
+(`card_id`, `terminal_id`, ...), and the payload features as sent: numbers as float32,
+categorical values as their text (not the live model's codes, so that new vocabularies can
+be chosen).
+
+It reads through the client-neutral `detector.kafka.PartitionReader` (`kafka.client`
+chooses the client). No consumer group: it never commits, and never disturbs the
+detectors' group. Memory is bounded: rows go to Parquet in row groups as they are decoded.
 """
 
 from __future__ import annotations
@@ -27,21 +38,30 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
-from kafka import KafkaConsumer
-from kafka.structs import TopicPartition
 
 from detector.contract.bundle import Bundle, load_bundle
 from detector.errors import ConfigError
-from detector.features.decode import Mapping, decode_batch, entity_key, event_times
-from detector.kafka.kafka_python import client_config
+from detector.features.decode import Decoded, Mapping, decode_batch, entity_key, event_times
+from detector.kafka import Batch, PartitionReader, TopicPartition, open_reader
 from detector.model.registry import resolve
 from detector.model.watcher import mapping_for
 from detector.ops.settings import Settings
 
-__all__ = ["Collected", "Episodes", "collect", "parse_duration_ms", "parse_when"]
+__all__ = [
+    "ENTITY_COLUMN",
+    "LEFT_OUT_COLUMN",
+    "TIME_COLUMN",
+    "Collected",
+    "Episodes",
+    "collect",
+    "parse_duration_ms",
+    "parse_when",
+    "schema_for",
+]
 
 ROW_GROUP = 100_000
-TIME_COLUMN, ENTITY_COLUMN = "timestamp_ms", "entity"
+TIME_COLUMN, ENTITY_COLUMN, LEFT_OUT_COLUMN = "timestamp_ms", "entity", "left_out"
+EPISODE, ALERTED = "inside an anomaly episode", "entity had alerts"
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
@@ -129,9 +149,10 @@ class Collected:
     since_ms: int
     until_ms: int
     messages: int
-    kept: int
-    dropped: dict[str, int]  # reason -> messages
+    kept: int  # rows that may teach "normal"
+    dropped: dict[str, int]  # reason -> messages not kept
     seconds: float
+    written: int = 0  # rows in the file: the kept ones, and the left-out ones with a time
 
     def summary(self) -> dict[str, object]:
         return {
@@ -141,89 +162,79 @@ class Collected:
             "messages": self.messages,
             "kept": self.kept,
             "dropped": self.dropped,
+            "written": self.written,
             "seconds": round(self.seconds, 2),
         }
 
 
-def _consumer(settings: Settings) -> KafkaConsumer:
-    return KafkaConsumer(
-        **client_config(settings.kafka),
-        group_id=None,  # never the detectors' group; nothing is committed
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",  # a range partly gone to retention: read what is left
-        max_poll_records=5000,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-    )
-
-
-def _input_topics(c: KafkaConsumer, settings: Settings) -> list[str]:
+def _input_topics(reader: PartitionReader, settings: Settings) -> list[str]:
     t = settings.topics
     if t.input_pattern:
-        return sorted(x for x in c.topics() if re.fullmatch(t.input_pattern, x))
+        return sorted(reader.topics_matching(t.input_pattern))
     return list(t.input)
 
 
 def _ranges(
-    c: KafkaConsumer, topics: list[str], since_ms: int, until_ms: int
+    reader: PartitionReader, topics: list[str], since_ms: int, until_ms: int, must_exist: bool
 ) -> dict[TopicPartition, tuple[int, int]]:
     """[start, stop) offsets of each partition whose messages carry times in the range."""
-    tps = []
-    for topic in topics:
-        parts = c.partitions_for_topic(topic)
-        if not parts:
-            raise ConfigError(f"topic {topic!r} does not exist on {c.config['bootstrap_servers']}")
-        tps += [TopicPartition(topic, p) for p in sorted(parts)]
-    end = c.end_offsets(tps)
-    first = c.offsets_for_times(dict.fromkeys(tps, since_ms))
-    after = c.offsets_for_times(dict.fromkeys(tps, until_ms + 1))
-    return {
-        tp: (
-            first[tp].offset if first[tp] is not None else end[tp],
-            after[tp].offset if after[tp] is not None else end[tp],
-        )
-        for tp in tps
-    }
+    tps = reader.partitions(topics)
+    if must_exist and (gone := sorted(set(topics) - {tp.topic for tp in tps})):
+        raise ConfigError(f"topic(s) {gone} do not exist on the broker")
+    if not tps:
+        return {}
+    first = reader.offsets_for_time(tps, since_ms)
+    after = reader.offsets_for_time(tps, until_ms + 1)
+    return {tp: (first[tp], after[tp]) for tp in tps}
 
 
 def _read(
-    c: KafkaConsumer, ranges: dict[TopicPartition, tuple[int, int]], progress: bool
-) -> Iterator[list]:
-    """Batches of records inside the ranges, partition by partition interleaved."""
+    reader: PartitionReader, ranges: dict[TopicPartition, tuple[int, int]], progress: bool
+) -> Iterator[Batch]:
+    """Batches of the records inside the ranges."""
     todo = {tp: r for tp, r in ranges.items() if r[1] > r[0]}
     if not todo:
         return
-    c.assign(list(todo))
-    for tp, (start, _) in todo.items():
-        c.seek(tp, start)
-    total = sum(b - a for a, b in todo.values())
     from tqdm import tqdm
 
-    with tqdm(total=total, unit="msg", disable=not progress, desc="collect") as bar:
-        while todo:
-            for tp, records in c.poll(timeout_ms=1000).items():
-                inside = [r for r in records if tp in todo and r.offset < todo[tp][1]]
-                if inside:
-                    bar.update(len(inside))
-                    yield inside
-            # Also partitions that returned nothing: retention may have moved them past `stop`.
-            for tp in [tp for tp, (_, stop) in todo.items() if c.position(tp) >= stop]:
-                todo.pop(tp)
-                c.pause(tp)
+    with tqdm(
+        total=sum(b - a for a, b in todo.values()), unit="msg", disable=not progress, desc="collect"
+    ) as bar:
+        for batch in reader.read(todo):
+            if batch:
+                bar.update(len(batch))
+                yield batch
 
 
-def _events(settings: Settings, since_ms: int, margin_ms: int) -> list[dict]:
+def _events(
+    reader: PartitionReader, settings: Settings, since_ms: int, margin_ms: int
+) -> list[dict]:
     """Events published from the start of the range on: an event is published after the
     message it is about, possibly much later (a backlog), so read to the topic's end."""
     topic = settings.topics.anomalies
-    c = _consumer(settings)
-    try:
-        if not c.partitions_for_topic(topic):
-            return []  # no events topic yet: nothing alarmed
-        end = 2**62  # offsets-for-times finds nothing that late: every range runs to the end
-        ranges = _ranges(c, [topic], since_ms - margin_ms, end)
-        return [orjson.loads(r.value) for batch in _read(c, ranges, False) for r in batch]
-    finally:
-        c.close()
+    start = reader.offsets_for_time(reader.partitions([topic]), since_ms - margin_ms)
+    if not start:
+        return []  # no events topic yet: nothing alarmed
+    end = reader.end_offsets(list(start))
+    ranges = {tp: (start[tp], end[tp]) for tp in start}
+    return [orjson.loads(v) for batch in _read(reader, ranges, False) for v in batch.values if v]
+
+
+def schema_for(mapping: Mapping) -> pa.Schema:
+    """The collected file's columns: event time, entity key, why the row must not be trained
+    on (null: it may), the entity fields of behaviour features, then the payload features
+    (numbers as float32, categorical values as text)."""
+    own = {TIME_COLUMN, ENTITY_COLUMN, LEFT_OUT_COLUMN}
+    if clash := sorted(own & {*mapping.entities, *mapping.features}):
+        raise ConfigError(
+            f"payload field(s) {clash} have the names of collect's own columns {sorted(own)}"
+        )
+    categorical = {e.name for e in mapping.categorical}
+    return pa.schema(
+        [(TIME_COLUMN, pa.int64()), (ENTITY_COLUMN, pa.string()), (LEFT_OUT_COLUMN, pa.string())]
+        + [(e, pa.string()) for e in mapping.entities]
+        + [(f, pa.string() if f in categorical else pa.float32()) for f in mapping.features]
+    )
 
 
 def collect(
@@ -236,64 +247,67 @@ def collect(
     drop_alerted_entities: bool = False,
     bundle: Bundle | None = None,
     progress: bool = True,
+    reader: PartitionReader | None = None,
 ) -> Collected:
+    """Write the normal rows of the range to `out`. `reader`: the Kafka reader to use
+    (default: `detector.kafka.open_reader(settings)`, closed at the end)."""
     if until_ms <= since_ms:
         raise ConfigError("--until must be after --since")
     t0 = time.monotonic()
     bundle = bundle or load_bundle(resolve(settings.model.path))
     mapping: Mapping = mapping_for(settings, bundle)
-    events = _events(settings, since_ms, margin_ms)
-    episodes = Episodes.from_events(events, margin_ms)
-    alerted = {e.get("key") for e in events}
-    features = list(mapping.features)
-    schema = pa.schema(
-        [(TIME_COLUMN, pa.int64()), (ENTITY_COLUMN, pa.string())]
-        + [(f, pa.float32()) for f in features]
-    )
-    dropped: Counter[str] = Counter()
-    kept = messages = 0
-    pending: list[pa.RecordBatch] = []
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".partial")
-    c = _consumer(settings)
+    schema = schema_for(mapping)
+    own = reader is None
+    reader = reader if reader is not None else open_reader(settings)
     try:
-        ranges = _ranges(c, _input_topics(c, settings), since_ms, until_ms)
+        events = _events(reader, settings, since_ms, margin_ms)
+        episodes = Episodes.from_events(events, margin_ms)
+        alerted = {e.get("key") for e in events}
+        ranges = _ranges(reader, _input_topics(reader, settings), since_ms, until_ms, True)
+        dropped: Counter[str] = Counter()
+        kept = messages = written = 0
+        pending: list[pa.RecordBatch] = []
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".partial")
         with pq.ParquetWriter(tmp, schema) as writer:
-            for batch in _read(c, ranges, progress):
+            for batch in _read(reader, ranges, progress):
                 messages += len(batch)
-                d = decode_batch([r.value for r in batch], mapping)
+                d = decode_batch(batch.values, mapping)
                 for r in d.rejects:
                     dropped[f"dead-lettered: {r.reason}"] += 1
-                times = event_times(d, [r.timestamp for r in batch])
-                keys = [entity_key(d, j, batch[i].key) for j, i in enumerate(d.index)]
+                times = event_times(d, batch.timestamps)
+                kafka_keys = batch.column("key", d.index) if d.keys is None else None
+                keys = [
+                    entity_key(d, j, kafka_keys[j] if kafka_keys is not None else None)
+                    for j in range(len(d.index))
+                ]
                 timed, inside = np.isfinite(times), episodes.inside(keys, times)
                 dropped["no event time"] += int((~timed).sum())
-                dropped["inside an anomaly episode"] += int((inside & timed).sum())
-                keep = timed & ~inside
+                # Why each timed row must not teach "normal" (None: it may). Such rows are
+                # written all the same: they are history (behaviour state) for the others.
+                reason = np.full(len(times), None, dtype=object)
+                reason[inside] = EPISODE
                 if episodes.sources:
-                    src = [(batch[i].topic, batch[i].partition, batch[i].offset) for i in d.index]
+                    src = [batch.position(int(i)) for i in d.index]
                     alarmed = np.array([s in episodes.sources for s in src], dtype=bool)
-                    dropped["inside an anomaly episode"] += int((alarmed & keep).sum())
-                    keep &= ~alarmed
+                    reason[alarmed] = EPISODE
                 if drop_alerted_entities and alerted:
                     of_alerted = np.array([k in alerted for k in keys], dtype=bool)
-                    dropped["entity had alerts"] += int((of_alerted & keep).sum())
-                    keep &= ~of_alerted
-                rows = np.flatnonzero(keep)
-                kept += len(rows)
-                columns = [
-                    pa.array(times[rows].astype(np.int64)),
-                    pa.array([keys[j] for j in rows], pa.string()),
-                    *(pa.array(d.x[rows, j]) for j in range(len(features))),
-                ]
-                pending.append(pa.RecordBatch.from_arrays(columns, schema=schema))
+                    reason[of_alerted & (reason == None)] = ALERTED  # noqa: E711
+                for why in (EPISODE, ALERTED):
+                    dropped[why] += int(((reason == why) & timed).sum())
+                rows = np.flatnonzero(timed)
+                kept += int((reason[rows] == None).sum())  # noqa: E711
+                written += len(rows)
+                pending.append(_record_batch(d, rows, times, keys, reason, mapping, schema))
                 if sum(b.num_rows for b in pending) >= ROW_GROUP:
                     writer.write_table(pa.Table.from_batches(pending))
                     pending = []
             if pending:
                 writer.write_table(pa.Table.from_batches(pending))
     finally:
-        c.close()
+        if own:
+            reader.close()
     tmp.replace(out)
     return Collected(
         out,
@@ -303,4 +317,34 @@ def collect(
         kept,
         {k: v for k, v in sorted(dropped.items()) if v},
         time.monotonic() - t0,
+        written,
     )
+
+
+def _record_batch(
+    d: Decoded,
+    rows: np.ndarray,
+    times: np.ndarray,
+    keys: list[str | None],
+    reason: np.ndarray,
+    mapping: Mapping,
+    schema: pa.Schema,
+) -> pa.RecordBatch:
+    """The rows `rows` of one decoded batch, in the collected file's columns."""
+    picked = rows.tolist()
+    columns = [
+        pa.array(times[rows].astype(np.int64)),
+        pa.array([keys[j] for j in picked], pa.string()),
+        pa.array(reason[rows].tolist(), pa.string()),
+    ]
+    for e in mapping.entities:
+        assert d.entities is not None
+        values = d.entities[e]
+        columns.append(pa.array([values[j] for j in picked], pa.string()))
+    for j, f in enumerate(mapping.features):
+        if d.categories is not None and f in d.categories:
+            text = d.categories[f]
+            columns.append(pa.array([text[i] for i in picked], pa.string()))
+        else:
+            columns.append(pa.array(d.x[rows, j]))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
-__all__ = ["AUTO_FOLDS_ROWS", "MODELS", "SCORES", "TrainConfig"]
+__all__ = ["AUTO_FOLDS_ROWS", "MODELS", "SCORES", "Gate", "TrainConfig"]
 
 AUTO_FOLDS_ROWS = 5_000
 
@@ -169,3 +169,16 @@ class TrainConfig:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
         return d
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What a retrained candidate must show on the held-out newest rows to be published
+    (`vigil-train retrain`, trainer/retrain.py)."""
+
+    # Held-out alarm share at most this x the calibrated share, and this x the live model's.
+    max_alert_ratio: float = 3.0
+    # Held-out scores at most this far from the calibration deciles. Off by default: the
+    # held-out rows are the newest few hours, so a daily cycle alone can move their PSI.
+    max_psi: float | None = None
+    holdout: float = 0.2  # newest share of the collected rows, never trained on

@@ -10,13 +10,23 @@ from pathlib import Path
 import numpy as np
 
 import detector.features.windows
+from detector.contract.behaviour import BehaviourSpec
 from detector.contract.bundle import DataFile, sha256_file
 from detector.contract.categorical import Categorical
 from detector.errors import DataError
-from detector.features.tables import read_table
+from detector.features.inputs import Bounds, ModelInputs
+from detector.features.tables import Table, read_table
 from detector.features.windows import entity_keys, window_ends
 
-__all__ = ["Dataset", "Windows", "group_codes", "load", "time_split", "without_labelled"]
+__all__ = [
+    "Dataset",
+    "Windows",
+    "group_codes",
+    "load",
+    "read",
+    "time_split",
+    "without_labelled",
+]
 
 
 @dataclass(frozen=True)
@@ -29,9 +39,27 @@ class Dataset:
     extra: dict[str, np.ndarray] | None = None  # columns read aside (`keep`), never features
     # The categorical features among `names` (their values are codes), and how they are coded.
     categorical: dict[str, Categorical] | None = None
+    # The behaviour features among `names` are derived by this spec; the bundle records it.
+    behaviour: BehaviourSpec | None = None
+    bounds: Bounds | None = None  # declared valid ranges of payload features
+
+    @classmethod
+    def of(cls, inputs: ModelInputs, files: list[DataFile]) -> Dataset:
+        """A model's inputs (`detector.features.inputs.model_inputs`) as training data."""
+        return cls(
+            inputs.names,
+            inputs.values,
+            files,
+            inputs.rows_dropped,
+            inputs.entities,
+            inputs.extra,
+            inputs.categorical,
+            inputs.behaviour,
+            inputs.bounds,
+        )
 
 
-def load(
+def read(
     paths: Sequence[str],
     *,
     features: Sequence[str] | None = None,
@@ -41,9 +69,11 @@ def load(
     drop_bad_rows: bool = False,
     entity_column: str | None = None,
     aside: Sequence[str] = (),
-) -> Dataset:
-    """Read the data files into one Dataset; `aside` names columns read raw into
-    `Dataset.extra`, such as the entity and time columns of behaviour features."""
+) -> tuple[Table, list[DataFile]]:
+    """The data files as one table of numeric features, in the order given (time order),
+    and what was read. `aside` names columns read raw into `Table.extra`, never features:
+    categorical text, the entity and time columns of behaviour features, labels; the
+    entity column is read aside too."""
     if not paths:
         raise DataError("no data files given (--data PATH)")
     aside = list(aside)
@@ -60,13 +90,14 @@ def load(
         keep = [entity_column]
         if not features:  # never a feature, whether or not --drop names it
             drop = [*(drop or []), *([] if entity_column in (drop or []) else [entity_column])]
+    keep += [c for c in aside if c not in keep]
     tables = []
     for p in paths:
         t = read_table(
             p,
             features=features,
             drop=drop,
-            keep=[*keep, *(c for c in aside if c not in keep)],
+            keep=keep,
             sep=sep,
             transpose=transpose,
             drop_bad_rows=drop_bad_rows,
@@ -81,20 +112,47 @@ def load(
         DataFile(path=t.source, sha256=sha256_file(Path(t.source)), rows=len(t.values))
         for t in tables
     ]
-    values = tables[0].values if len(tables) == 1 else np.concatenate([t.values for t in tables])
-    entities = None
-    if entity_column:
-        raw = [t.extra[entity_column] for t in tables if t.extra is not None]
-        entities = entity_keys(np.concatenate(raw), entity_column)
-    extra = {c: np.concatenate([t.extra[c] for t in tables if t.extra is not None]) for c in aside}
-    return Dataset(
-        tables[0].names,
-        values,
-        files,
-        sum(t.rows_dropped for t in tables),
-        entities,
-        extra or None,
+    if len(tables) == 1:
+        return tables[0], files
+    extra = {c: np.concatenate([t.extra[c] for t in tables if t.extra is not None]) for c in keep}
+    table = Table(
+        names=tables[0].names,
+        values=np.concatenate([t.values for t in tables]),
+        source=", ".join(t.source for t in tables),
+        rows_dropped=sum(t.rows_dropped for t in tables),
+        extra=extra or None,
     )
+    return table, files
+
+
+def load(
+    paths: Sequence[str],
+    *,
+    features: Sequence[str] | None = None,
+    drop: Sequence[str] | None = None,
+    sep: str | None = None,
+    transpose: bool = False,
+    drop_bad_rows: bool = False,
+    entity_column: str | None = None,
+    aside: Sequence[str] = (),
+) -> Dataset:
+    """Read numeric data files into one Dataset (`read`); `aside` columns go to
+    `Dataset.extra`, raw. Files with categorical or behaviour features:
+    `trainer.prepare.fit_dataset`."""
+    table, files = read(
+        paths,
+        features=features,
+        drop=drop,
+        sep=sep,
+        transpose=transpose,
+        drop_bad_rows=drop_bad_rows,
+        entity_column=entity_column,
+        aside=aside,
+    )
+    raw = table.extra or {}
+    entities = entity_keys(raw[entity_column], entity_column) if entity_column else None
+    extra = {c: raw[c] for c in aside}
+    return Dataset(table.names, table.values, files, table.rows_dropped, entities, extra or None)
 
 
 def without_labelled(ds: Dataset, column: str) -> tuple[Dataset, int]:

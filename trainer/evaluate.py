@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["average_precision", "detection_metrics", "roc_auc", "timeline_plot"]
+__all__ = ["average_precision", "detection_metrics", "evaluate_file", "roc_auc", "timeline_plot"]
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -95,3 +99,62 @@ def timeline_plot(scores: np.ndarray, labels: np.ndarray, threshold: float, titl
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return buf.getvalue()
+
+
+def evaluate_file(
+    model: Path,
+    data: str,
+    label_column: str,
+    *,
+    plot: Path | None = None,
+    threshold: float | None = None,
+    entity_column: str | None = None,
+    time_column: str | None = None,
+    card_column: str | None = None,
+    k: int = 100,
+    sep: str | None = None,
+    transpose: bool = False,
+    drop_bad_rows: bool = False,
+) -> dict[str, Any]:
+    """Score a labelled file with the detector's offline scorer (`vigil-train evaluate`) and
+    report detection quality; with `card_column`, the fraud metrics per day too. The
+    timeline plot goes to `plot` (default: <data>.timeline.png)."""
+    from detector.contract.bundle import load_bundle
+    from detector.model.offline import score_file
+    from detector.model.scorer import Scorer
+
+    if card_column and not time_column:
+        raise ValueError("--card-column needs --time-column (card precision is per day)")
+    scorer = Scorer(load_bundle(model), provider="cpu")
+    keep: Sequence[str] = [label_column, *([card_column, time_column] if card_column else [])]
+    res = score_file(
+        scorer,
+        data,
+        sep=sep,
+        transpose=transpose,
+        drop_bad_rows=drop_bad_rows,
+        keep=[c for c in dict.fromkeys(keep) if c],
+        entity_column=entity_column,
+        threshold=threshold,
+        time_column=time_column,
+    )
+    columns = res.table.extra or {}
+    labels = np.asarray(columns[label_column]).astype(float) > 0
+    scored = ~res.warmup  # rows in their entity's warm-up have no score: not counted
+    metrics: dict[str, Any] = detection_metrics(
+        labels[scored], res.scores.score[scored], res.threshold
+    )
+    if card_column and time_column:
+        from detector.features.decode import epoch_ms
+        from trainer.fraud_metrics import fraud_metrics
+
+        days = epoch_ms(columns[time_column]) // 86_400_000
+        fm = fraud_metrics(
+            days[scored], columns[card_column][scored], res.scores.score[scored], labels[scored], k
+        )
+        metrics |= {"fraud": asdict(fm)}
+    plot = plot or Path(f"{data}.timeline.png")
+    plot.write_bytes(
+        timeline_plot(res.scores.score, labels, res.threshold, f"{model.name} on {data}")
+    )
+    return metrics | {"rows_warmup": int(res.warmup.sum()), "plot": str(plot)}

@@ -16,10 +16,11 @@ current, runs hotter and vibrates more at the same load, then stays so.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CHANNELS", "FAULT_KINDS", "Telemetry", "simulate"]
+__all__ = ["CHANNELS", "FAULT_KINDS", "Telemetry", "simulate", "write_file"]
 
 CHANNELS = [
     "flow_m3h",
@@ -153,3 +154,26 @@ def simulate(
         values=values.astype(np.float32),
         fault=fault,
     )
+
+
+def write_file(t: Telemetry, out: Path) -> None:
+    """Write telemetry as .parquet, .jsonl (.ndjson) or CSV (any other suffix)."""
+    import pyarrow as pa
+
+    table = pa.table(t.columns())
+    suffix = out.suffix.lower()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, out)
+    elif suffix in (".jsonl", ".ndjson"):
+        import orjson
+
+        with out.open("wb") as f:
+            for row in table.to_pylist():
+                f.write(orjson.dumps(row) + b"\n")
+    else:
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, out)

@@ -131,7 +131,7 @@ def _configure_logging(level: str, fmt: str) -> None:
 
 
 def _run(a: argparse.Namespace) -> int:
-    from detector.app.loop import run
+    from detector.app.service import run
     from detector.ops.settings import load_settings
 
     settings = load_settings(a.config, **_overrides(a))

@@ -3,21 +3,22 @@
 kafka-python hands out records with attributes, librdkafka (confluent-kafka) messages with
 methods. A `Batch` keeps the client's own objects and reads the columns every row needs
 (values, timestamps) in one C-level pass; a `Record` with everything is built only for the
-few rows that become events or dead letters.
+few rows that become events or dead letters. Each adapter defines the `Fields` that read
+its client's objects (`kafka_python.KAFKA_PYTHON`, `librdkafka.LIBRDKAFKA`), so this module
+imports no client.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cached_property
-from operator import attrgetter, methodcaller
 from typing import Any
 
 from detector.kafka.types import TopicPartition
 
-__all__ = ["KAFKA_PYTHON", "LIBRDKAFKA", "Batch", "Fields", "Record"]
+__all__ = ["Batch", "Fields", "Record"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +34,8 @@ class Record:
 
 @dataclass(frozen=True)
 class Fields:
-    """How to read each field of one client's record objects."""
+    """How to read each field of one client's record objects (C-level getters such as
+    `operator.attrgetter` keep the column reads fast)."""
 
     topic: Callable[[Any], str]
     partition: Callable[[Any], int]
@@ -42,17 +44,6 @@ class Fields:
     value: Callable[[Any], bytes | None]
     timestamp: Callable[[Any], int]
     headers: Callable[[Any], list[tuple[str, bytes]] | None]
-
-
-_NAMES = [f.name for f in fields(Fields)]
-KAFKA_PYTHON = Fields(**{n: attrgetter(n) for n in _NAMES})
-
-
-def _rd_timestamp(m: Any) -> int:
-    return m.timestamp()[1]  # (type, ms); ms is -1 when the type says "not available"
-
-
-LIBRDKAFKA = Fields(**{n: methodcaller(n) for n in _NAMES} | {"timestamp": _rd_timestamp})
 
 
 class Batch:

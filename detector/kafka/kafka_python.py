@@ -1,44 +1,66 @@
-"""Thin typed layers over kafka-python: a batch source with manual commits, and a sink
-that reports whether every record of a batch was acknowledged.
+"""The kafka-python adapter: a batch source with manual commits, a sink that reports
+whether every record of a batch was acknowledged, and a group-less reader of offset ranges
+(the contracts of `detector.kafka.types`).
+
+Only neutral types cross this module's edge: partitions are `detector.kafka.TopicPartition`
+(kafka-python's own namedtuple is made only to call the client), and kafka-python's errors
+become `detector.errors.KafkaError` (`CommitFailed`, `PublishError`), or `ConfigError` where
+the client refuses its configuration or the broker this client's security settings.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import fields
+from operator import attrgetter
+from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaConnectionError, KafkaError, SaslAuthenticationFailedError
-from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
+from kafka.errors import (
+    CommitFailedError,
+    KafkaConfigurationError,
+    KafkaConnectionError,
+    SaslAuthenticationFailedError,
+)
+from kafka.errors import KafkaError as ClientError
+from kafka.structs import MemberState, OffsetAndMetadata
+from kafka.structs import TopicPartition as ClientPartition
 
-from detector.errors import ConfigError, PublishError
-from detector.kafka.batch import KAFKA_PYTHON, Batch
-from detector.kafka.types import Outgoing
+from detector.errors import CommitFailed, ConfigError, KafkaError, PublishError
+from detector.kafka.batch import Batch, Fields
+from detector.kafka.refusals import (
+    certificate_untrusted,
+    configuration_refused,
+    credentials_refused,
+)
+from detector.kafka.types import Delivery, Outgoing, TopicPartition
 from detector.ops.settings import KafkaSettings, Settings
 
 __all__ = [
-    "BatchSink",
-    "BatchSource",
-    "Delivery",
+    "KAFKA_PYTHON",
+    "KafkaDelivery",
+    "KafkaReader",
     "KafkaSink",
     "KafkaSource",
-    "TopicPartition",
     "client_config",
-    "open_sink",
-    "open_source",
 ]
 
 log = logging.getLogger(__name__)
 IDLE_POLL_MS = 100  # how long a poll waits when nothing comes: the loop's beat when idle
 
+# kafka-python's ConsumerRecord is a namedtuple: every field is an attribute.
+KAFKA_PYTHON = Fields(**{f.name: attrgetter(f.name) for f in fields(Fields)})
+
 
 def client_config(k: KafkaSettings) -> dict[str, Any]:
-    """Connection and security options shared by consumers, producers and admin clients."""
+    """Connection and security options shared by consumers, producers and admin clients;
+    ConfigError if the TLS files cannot be loaded."""
     cfg: dict[str, Any] = {
         "bootstrap_servers": [s.strip() for s in k.bootstrap_servers.split(",") if s.strip()],
         "client_id": k.client_id,
@@ -47,10 +69,14 @@ def client_config(k: KafkaSettings) -> dict[str, Any]:
         "reconnect_backoff_max_ms": 5_000,
     }
     if k.security_protocol in ("SSL", "SASL_SSL"):
-        ctx = ssl.create_default_context(cafile=str(k.ssl_cafile) if k.ssl_cafile else None)
-        ctx.check_hostname = k.ssl_check_hostname
-        if k.ssl_certfile:
-            ctx.load_cert_chain(str(k.ssl_certfile), str(k.ssl_keyfile) if k.ssl_keyfile else None)
+        try:
+            ctx = ssl.create_default_context(cafile=str(k.ssl_cafile) if k.ssl_cafile else None)
+            ctx.check_hostname = k.ssl_check_hostname
+            if k.ssl_certfile:
+                keyfile = str(k.ssl_keyfile) if k.ssl_keyfile else None
+                ctx.load_cert_chain(str(k.ssl_certfile), keyfile)
+        except (ssl.SSLError, OSError) as e:  # what librdkafka refuses as its configuration
+            raise configuration_refused(f"the TLS files cannot be loaded ({e})") from e
         cfg["ssl_context"] = ctx
     if k.security_protocol.startswith("SASL"):
         cfg["sasl_mechanism"] = k.sasl_mechanism
@@ -82,23 +108,6 @@ _refused = _RefusedBootstrap()
 logging.getLogger("kafka.net.manager").addFilter(_refused)
 
 
-def credentials_refused(k: KafkaSettings, detail: str) -> ConfigError:
-    """What to fix when the broker refuses the SASL credentials (either client)."""
-    return ConfigError(
-        f"Kafka at {k.bootstrap_servers} refused the credentials of user {k.username!r} "
-        f"({k.sasl_mechanism}): check kafka.username and kafka.password or "
-        f"kafka.password_file ({detail})"
-    )
-
-
-def certificate_untrusted(k: KafkaSettings, detail: str) -> ConfigError:
-    """What to fix when this client does not trust the broker's certificate (either client)."""
-    return ConfigError(
-        f"the TLS certificate of Kafka at {k.bootstrap_servers} is not trusted ({detail}): "
-        "set kafka.ssl_cafile to the CA that signed it, or check kafka.ssl_check_hostname"
-    )
-
-
 def refusal(k: KafkaSettings) -> ConfigError | None:
     """What to fix when the broker refused this client's security settings, if it did."""
     cause, _refused.cause = _refused.cause, None
@@ -107,6 +116,26 @@ def refusal(k: KafkaSettings) -> ConfigError | None:
     if cause is not None:
         return certificate_untrusted(k, str(cause).split("] ", 1)[-1])
     return None
+
+
+def _neutral(e: ClientError, k: KafkaSettings | None = None) -> KafkaError | ConfigError:
+    """kafka-python's error as the detector's own: ConfigError where the client refuses its
+    configuration or (with `k`, as a client starts) the broker its security settings;
+    CommitFailed for a commit the group refused; KafkaError otherwise (a retry may help)."""
+    if isinstance(e, KafkaConfigurationError):
+        return configuration_refused(str(e))
+    if isinstance(e, CommitFailedError):
+        return CommitFailed(str(e))
+    refused = refusal(k) if k is not None else None
+    return refused or KafkaError(str(e) or e.__class__.__name__)
+
+
+def _client(tp: TopicPartition) -> ClientPartition:
+    return ClientPartition(tp.topic, tp.partition)
+
+
+def _ours(tp: ClientPartition) -> TopicPartition:
+    return TopicPartition(tp.topic, tp.partition)
 
 
 def _snapshot_subscribed_metadata(consumer: KafkaConsumer) -> None:
@@ -131,65 +160,20 @@ class _Rebalance(ConsumerRebalanceListener):
         self.assigned: set[TopicPartition] = set()
         self.generation = 0
 
-    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+    def on_partitions_revoked(self, revoked: Iterable[ClientPartition]) -> None:
+        gone = set(map(_ours, revoked))
         with self.lock:
-            self.revoked |= set(revoked)
-            self.assigned -= set(revoked)
+            self.revoked |= gone
+            self.assigned -= gone
             self.generation += 1
-        log.info("partitions revoked: %s", sorted(revoked))
+        log.info("partitions revoked: %s", sorted(gone))
 
-    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+    def on_partitions_assigned(self, assigned: Iterable[ClientPartition]) -> None:
+        got = set(map(_ours, assigned))
         with self.lock:
-            self.assigned |= set(assigned)
+            self.assigned |= got
             self.generation += 1
-        log.info("partitions assigned: %s", sorted(assigned))
-
-
-class BatchSource(Protocol):
-    """What the loop needs of a consumer; `KafkaSource` (kafka-python) and `RdKafkaSource`
-    (librdkafka) provide it."""
-
-    @property
-    def connected(self) -> bool: ...
-    def connect(self) -> BatchSource: ...
-    def poll_batch(self, max_size: int, max_wait_ms: int) -> Batch: ...
-    def commit(self, last: dict[TopicPartition, int]) -> None: ...
-    def flush_commits(self) -> None: ...
-    def lag(self, last: dict[TopicPartition, int]) -> dict[TopicPartition, int]: ...
-    def take_revoked(self) -> set[TopicPartition]: ...
-    def assigned(self) -> int: ...
-    def group_stable(self) -> bool: ...
-    def broker_reachable(self) -> bool: ...
-    def keepalive(self) -> None: ...
-    def close(self) -> None: ...
-
-
-class BatchSink(Protocol):
-    """What the loop needs of a producer; `KafkaSink` and `RdKafkaSink` provide it."""
-
-    def send(self, records: list[Outgoing]) -> Delivery: ...
-    def wait(self, d: Delivery) -> None: ...
-    def close(self) -> None: ...
-
-
-def open_sink(settings: Settings) -> BatchSink:
-    """The producer of `kafka.client`; raises KafkaError if it cannot start."""
-    if settings.kafka.client == "librdkafka":
-        from detector.kafka.librdkafka import RdKafkaSink
-
-        return RdKafkaSink(settings)
-    return KafkaSink(settings)
-
-
-def open_source(
-    settings: Settings, on_commit_error: Callable[[Exception], None] | None = None
-) -> BatchSource:
-    """The consumer of `kafka.client`, not yet connected."""
-    if settings.kafka.client == "librdkafka":
-        from detector.kafka.librdkafka import RdKafkaSource  # confluent-kafka loads only if chosen
-
-        return RdKafkaSource(settings, on_commit_error)
-    return KafkaSource(settings, on_commit_error)
+        log.info("partitions assigned: %s", sorted(got))
 
 
 class KafkaSource:
@@ -204,8 +188,9 @@ class KafkaSource:
         self.on_commit_error = on_commit_error
         self._commit_lock = threading.Lock()
         self._commit_in_flight = False
-        self._newest: dict[TopicPartition, OffsetAndMetadata] = {}  # for the final commit
-        self._unsent: dict[TopicPartition, OffsetAndMetadata] = {}
+        # Keyed by kafka-python's partitions: they go to the client as they are.
+        self._newest: dict[ClientPartition, OffsetAndMetadata] = {}  # for the final commit
+        self._unsent: dict[ClientPartition, OffsetAndMetadata] = {}
         self._next_commit = 0.0  # monotonic time before which no commit is sent
 
     @property
@@ -214,16 +199,14 @@ class KafkaSource:
 
     def connect(self) -> KafkaSource:
         """One attempt; raises KafkaError when the broker is unreachable, ConfigError when it
-        refuses the credentials or the client does not trust its certificate."""
+        refuses the credentials, the client does not trust its certificate or kafka-python
+        refuses its configuration."""
         k = self.settings.kafka
         _refused.cause = None
         try:
             return self._connect(k)
-        except KafkaError as e:
-            refused = refusal(k)
-            if refused is None:
-                raise
-            raise refused from e
+        except ClientError as e:
+            raise _neutral(e, k) from e
 
     def _connect(self, k: KafkaSettings) -> KafkaSource:
         consumer = KafkaConsumer(
@@ -267,7 +250,10 @@ class KafkaSource:
         assert self.consumer is not None
         records: list[Any] = []
         generation = self.rebalance.generation
-        polled = self.consumer.poll(timeout_ms=IDLE_POLL_MS, max_records=max_size)
+        try:
+            polled = self.consumer.poll(timeout_ms=IDLE_POLL_MS, max_records=max_size)
+        except ClientError as e:
+            raise _neutral(e) from e
         deadline = time.monotonic() + max_wait_ms / 1000.0
         while polled:
             for recs in polled.values():
@@ -277,12 +263,18 @@ class KafkaSource:
             # One poll returns what one fetch brought: drain the rest without waiting,
             # or a partition whose records sit in the client's buffer falls behind.
             timeout = max(0, int((deadline - time.monotonic()) * 1000))
-            polled = self.consumer.poll(timeout_ms=timeout, max_records=max_size - len(records))
+            try:
+                polled = self.consumer.poll(timeout_ms=timeout, max_records=max_size - len(records))
+            except ClientError as e:
+                # The records in hand are consumed already (raising would skip them): they
+                # make this batch, and the next poll meets the error again.
+                log.warning("poll: %s", e)
+                break
         batch = Batch(records, KAFKA_PYTHON)
         if records and self.rebalance.generation != generation:
             # A rebalance happened while the batch filled: records of partitions we no
             # longer own will be redelivered to their new owner; don't score them twice.
-            owned = self.consumer.assignment()
+            owned = set(map(_ours, self.consumer.assignment()))
             batch = batch.only(lambda t, p: TopicPartition(t, p) in owned)
         return batch
 
@@ -292,7 +284,7 @@ class KafkaSource:
         One commit request is in flight at a time and the next carries the newest offsets
         (kafka-python refuses requests beyond its in-flight limit); one that fails is sent
         again with the next. `close` commits the newest offsets synchronously."""
-        offsets = {tp: OffsetAndMetadata(o + 1, "", -1) for tp, o in last.items()}
+        offsets = {_client(tp): OffsetAndMetadata(o + 1, "", -1) for tp, o in last.items()}
         with self._commit_lock:
             self._newest.update(offsets)
             self._unsent.update(offsets)
@@ -316,11 +308,12 @@ class KafkaSource:
             self._commit_in_flight = True
         try:
             self.consumer.commit_async(offsets, callback=self._committed)
-        except KafkaError:
+        except ClientError:
             self._committed(offsets, sys.exc_info()[1])  # type: ignore[arg-type]
 
-    def _committed(self, offsets: dict[TopicPartition, Any], response: object) -> None:
-        """On the consumer's IO thread: a failed commit's offsets go out with the next."""
+    def _committed(self, offsets: dict[ClientPartition, Any], response: object) -> None:
+        """On the consumer's IO thread: a failed commit's offsets go out with the next, and
+        `on_commit_error` hears of it as a CommitFailed."""
         with self._commit_lock:
             self._commit_in_flight = False
             if isinstance(response, Exception):
@@ -329,16 +322,20 @@ class KafkaSource:
         if isinstance(response, Exception):
             log.debug("commit of %d partition(s) failed, sent again: %s", len(offsets), response)
             if self.on_commit_error is not None:
-                self.on_commit_error(response)
+                self.on_commit_error(CommitFailed(f"commit failed: {response}"))
 
     def lag(self, last: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         assert self.consumer is not None
         out = {}
         owned = self.consumer.assignment()
         for tp, off in last.items():
-            if tp not in owned:  # revoked since the batch was polled
+            ctp = _client(tp)
+            if ctp not in owned:  # revoked since the batch was polled
                 continue
-            hw = self.consumer.highwater(tp)
+            try:
+                hw = self.consumer.highwater(ctp)
+            except ClientError:  # revoked on the IO thread meanwhile
+                continue
             if hw is not None:
                 out[tp] = max(0, hw - off - 1)
         return out
@@ -371,15 +368,19 @@ class KafkaSource:
             return False
 
     def keepalive(self) -> None:
-        """Stay in the group while a batch is being retried: poll with nothing to fetch."""
+        """Stay in the group while a batch is being retried: poll with nothing to fetch.
+        Best effort: the retry goes on whatever this poll meets (the next poll reports it)."""
         if self.consumer is None:
             return
         parts = self.consumer.assignment()
-        self.consumer.pause(*parts)
         try:
-            self.consumer.poll(timeout_ms=0)
-        finally:
-            self.consumer.resume(*parts)
+            self.consumer.pause(*parts)
+            try:
+                self.consumer.poll(timeout_ms=0)
+            finally:
+                self.consumer.resume(*parts)
+        except ClientError as e:
+            log.debug("keepalive poll failed: %s", e)
 
     def close(self) -> None:
         if self.consumer is not None:
@@ -390,22 +391,22 @@ class KafkaSource:
             try:
                 if newest:  # the async commits may still be in flight: make sure of them
                     self.consumer.commit(newest)
-            except KafkaError as e:
+            except ClientError as e:  # CommitFailedError among them: the group moved on
                 log.warning("final commit failed; the owner replays from the one before: %s", e)
             try:
                 self.consumer.close(autocommit=False)  # leaves the group promptly
-            except KafkaError as e:
+            except ClientError as e:
                 log.warning("closing the consumer: %s", e)
             self.consumer = None
 
 
-class Delivery:
-    """One batch's records on their way to the broker; `KafkaSink.wait` awaits them."""
+class KafkaDelivery(Delivery):
+    """One batch's records on their way to the broker, as kafka-python's futures;
+    `KafkaSink.wait` awaits them."""
 
     def __init__(self, records: list[Outgoing]):
-        self.records = records
+        super().__init__(records)  # acked_at: now, until an acknowledgement comes
         self.futures: list[Any] = []
-        self.acked_at = time.time()  # when the last acknowledgement came (now if none due)
         self.error: KafkaError | None = None  # a send that failed before reaching a future
 
     def _acked(self, _: object) -> None:  # on the producer's IO thread
@@ -427,47 +428,59 @@ class KafkaSink:
         self.producer = self._producer()
 
     def _producer(self) -> KafkaProducer:
+        """A new producer: KafkaError if it cannot bootstrap, ConfigError if kafka-python
+        refuses its configuration or the broker its security settings."""
         k = self.settings
-        return KafkaProducer(
-            **client_config(k),
-            acks="all",
-            enable_idempotence=True,  # retries never duplicate or reorder a key's events
-            linger_ms=2,
-            batch_size=256 * 1024,
-            max_in_flight_requests_per_connection=5,
-            delivery_timeout_ms=k.delivery_timeout_ms,
-            retries=2**31 - 1,
-        )
+        _refused.cause = None
+        try:
+            return KafkaProducer(
+                **client_config(k),
+                acks="all",
+                enable_idempotence=True,  # retries never duplicate or reorder a key's events
+                linger_ms=2,
+                batch_size=256 * 1024,
+                max_in_flight_requests_per_connection=5,
+                delivery_timeout_ms=k.delivery_timeout_ms,
+                retries=2**31 - 1,
+            )
+        except ClientError as e:
+            raise _neutral(e, k) from e
 
-    def send(self, records: list[Outgoing]) -> Delivery:
-        d = Delivery(records)
+    def send(self, records: list[Outgoing]) -> KafkaDelivery:
+        d = KafkaDelivery(records)
         try:
             for r in records:
                 f = self.producer.send(r.topic, value=r.value, key=r.key, headers=r.headers)
                 f.add_callback(d._acked)
                 d.futures.append(f)
-        except KafkaError as e:
-            d.error = e
+        except ClientError as e:  # also a closed producer's IllegalStateError
+            d.error = KafkaError(str(e))
         return d
 
     def wait(self, d: Delivery) -> None:
         """Raise PublishError unless every record of `d` is acknowledged."""
+        assert isinstance(d, KafkaDelivery)
         try:
             self._wait(d)
-        except PublishError:
+        except PublishError as e:
             # After some refusals (record too large, not authorised) kafka-python's idempotent
             # producer stays in a fatal state and fails every later send: start afresh.
             self.close()
-            self.producer = self._producer()
+            try:
+                self.producer = self._producer()
+            except KafkaError as restart:
+                # No broker to bootstrap from (an outage): the closed producer fails the
+                # next send at once, and the next wait starts afresh again.
+                raise PublishError(f"{e}; the producer could not restart: {restart}") from e
             raise
 
-    def _wait(self, d: Delivery) -> None:
+    def _wait(self, d: KafkaDelivery) -> None:
         if d.error is not None:
             raise PublishError(f"publishing failed: {d.error}")
         if not d.done():
             try:
                 self.producer.flush(timeout=self.timeout_s)
-            except KafkaError as e:
+            except ClientError as e:
                 raise PublishError(f"publishing failed: {e}") from e
         failed = [f for f in d.futures if not f.is_done or f.failed()]
         if failed:
@@ -479,5 +492,103 @@ class KafkaSink:
     def close(self) -> None:
         try:
             self.producer.close(timeout=5)
-        except KafkaError as e:
+        except ClientError as e:
             log.warning("closing the producer: %s", e)
+
+
+class KafkaReader:
+    """Reads offset ranges of partitions outside any consumer group (no group id: nothing
+    is ever committed, and the detectors' group is never disturbed)."""
+
+    def __init__(self, settings: Settings):
+        k = settings.kafka
+        _refused.cause = None
+        try:
+            self.consumer = KafkaConsumer(
+                **client_config(k),
+                group_id=None,  # never the detectors' group; nothing is committed
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",  # a range partly gone to retention: what is left
+                max_poll_records=5_000,
+                max_partition_fetch_bytes=4 * 1024 * 1024,
+            )
+        except ClientError as e:
+            raise _neutral(e, k) from e
+
+    def partitions(self, topics: list[str]) -> list[TopicPartition]:
+        try:
+            return [
+                TopicPartition(t, p)
+                for t in topics
+                for p in sorted(self.consumer.partitions_for_topic(t) or ())
+            ]
+        except ClientError as e:
+            raise _neutral(e) from e
+
+    def topics_matching(self, pattern: str) -> list[str]:
+        try:
+            topics = self.consumer.topics()  # internal topics left out
+        except ClientError as e:
+            raise _neutral(e) from e
+        return sorted(t for t in topics if re.fullmatch(pattern, t))
+
+    def offsets_for_time(self, tps: list[TopicPartition], ms: int) -> dict[TopicPartition, int]:
+        if not tps:
+            return {}
+        try:
+            found = self.consumer.offsets_for_times({_client(tp): ms for tp in tps})
+        except ClientError as e:
+            raise _neutral(e) from e
+        # None: no record at or after `ms` (or none at all): the partition's end.
+        out = {tp: found[_client(tp)] for tp in tps}
+        end = self.end_offsets([tp for tp, o in out.items() if o is None])
+        return {tp: end[tp] if o is None else o.offset for tp, o in out.items()}
+
+    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        if not tps:
+            return {}
+        try:
+            end = self.consumer.end_offsets([_client(tp) for tp in tps])
+        except ClientError as e:
+            raise _neutral(e) from e
+        return {_ours(tp): o for tp, o in end.items()}
+
+    def read(
+        self, ranges: dict[TopicPartition, tuple[int, int]], max_batch: int = 5_000
+    ) -> Iterator[Batch]:
+        """The records of each partition in [start, end), a batch per poll (at most
+        `max_batch` records; offset order within a partition), until every partition
+        reached its end."""
+        c = self.consumer
+        todo = {_client(tp): r for tp, r in ranges.items() if r[1] > r[0]}
+        if not todo:
+            return
+        try:
+            c.assign(list(todo))
+            c.resume(*todo)  # paused at the end of an earlier read of the same partition
+            for tp, (start, _) in todo.items():
+                c.seek(tp, start)
+            while todo:
+                records: list[Any] = []
+                for tp, recs in c.poll(timeout_ms=1000, max_records=max_batch).items():
+                    if tp not in todo:
+                        continue
+                    stop = todo[tp][1]
+                    records += (
+                        recs if recs[-1].offset < stop else [r for r in recs if r.offset < stop]
+                    )
+                if records:
+                    yield Batch(records, KAFKA_PYTHON)
+                # Also partitions that returned nothing: retention may have moved them past
+                # `stop`.
+                for tp in [tp for tp, (_, stop) in todo.items() if c.position(tp) >= stop]:
+                    todo.pop(tp)
+                    c.pause(tp)
+        except ClientError as e:
+            raise _neutral(e) from e
+
+    def close(self) -> None:
+        try:
+            self.consumer.close(autocommit=False)
+        except ClientError as e:
+            log.warning("closing the reader: %s", e)

@@ -1,8 +1,12 @@
-"""Offline scoring of a file: the same Scorer and `decide` the daemon uses.
+"""Offline scoring of a file: the same inputs, Scorer and `decide` as the daemon.
 
-Windowed bundles score each row as the newest sample of its entity's last W rows, in file
-order (`detector.features.windows`, the definition the trainer uses too). A row before its entity's
-W-th sample is in warm-up: it has no score and never alarms.
+The file's rows become the model's inputs through `detector.features.inputs`, the path the
+trainer fits on: numeric features by name (headerless matrices by position), categorical
+text coded by the bundle's vocabularies, behaviour features derived over all rows in time
+order. Windowed bundles score each row as the newest sample of its entity's last W rows
+(`detector.features.windows`, the definition the trainer uses too), in time order when a
+time column is named, else in file order. A row before its entity's W-th sample is in
+warm-up: it has no score and never alarms.
 """
 
 from __future__ import annotations
@@ -10,30 +14,31 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from detector.errors import DataError
-from detector.features.behaviour import with_derived
-from detector.features.tables import Table, read_table
-from detector.features.windows import Windows, entity_keys, window_ends
+from detector.features.inputs import InputSpec, ModelInputs, model_inputs, read_inputs
+from detector.features.tables import Table
+from detector.features.windows import Windows
 from detector.model.scorer import Decisions, Scorer, Scores, decide
 
-__all__ = ["ScoredFile", "score_file", "write_csv"]
+__all__ = ["ScoredFile", "score_file", "score_inputs", "write_csv"]
 
 
 @dataclass(frozen=True)
 class ScoredFile:
-    """One entry per input row. Warm-up rows have NaN scores, errors and reconstructions,
-    anomaly False, severity NaN and no top features."""
+    """One entry per input row. Rows without a score (warm-up, or left out by `rows`) have
+    NaN scores, errors and reconstructions, anomaly False, severity NaN and no top
+    features."""
 
     table: Table
     scores: Scores
     decisions: Decisions
     threshold: float
-    warmup: np.ndarray  # [N] bool: fewer than `window` samples of the row's entity so far
+    warmup: np.ndarray  # [N] bool: not scored (fewer than `window` samples of its entity so far)
 
 
 def score_file(
@@ -51,64 +56,77 @@ def score_file(
     batch_rows: int = 65_536,
     time_column: str | None = None,
 ) -> ScoredFile:
-    """Read the manifest's features from a file (by name; headerless matrices by position)
-    and score them in batches. `entity_column` names each row's entity for windowed
-    bundles; without it all rows are one entity."""
-    wanted = [*keep, *([entity_column] if entity_column and entity_column not in keep else [])]
-    spec = scorer.bundle.manifest.behaviour
-    if spec is not None:  # derived features: read what they come from instead
-        if not time_column:
-            raise DataError(
-                "this model derives behaviour features per entity: name the time column "
-                "(--time-column)"
-            )
-        wanted += [c for c in [*spec.entity_fields(), time_column] if c not in wanted]
-    try:
-        table = read_table(
-            path,
-            features=scorer.bundle.manifest.payload_features,
-            keep=wanted,
-            sep=sep,
-            transpose=transpose,
-            drop_bad_rows=drop_bad_rows,
-            categorical=scorer.bundle.encoders,
-        )
-    except DataError as e:
-        if "unknown column" not in str(e):
-            raise
-        raise DataError(f"{e}\nThe model expects the features {scorer.features}") from None
-    if spec is not None:
-        assert table.extra is not None and time_column
-        try:
-            names, x = with_derived(spec, table.names, table.values, table.extra, time_column)
-        except ValueError as e:
-            raise DataError(f"{path}: {e}") from None
-        table = replace(table, names=names, values=x)
-    n, t = len(table.values), scorer.threshold if threshold is None else threshold
-    if scorer.window == 1:
-        scores = _score_rows(scorer, table.values, latent, batch_rows)
-        return ScoredFile(table, scores, decide(scores, t, top_k), t, np.zeros(n, dtype=bool))
-    entities = None
-    if entity_column:
-        assert table.extra is not None
-        entities = entity_keys(table.extra[entity_column], entity_column)
-    order, ends = window_ends(entities, n, scorer.window)
-    newest = order[ends]
-    xs = table.values[order]
-    per = max(1, batch_rows // scorer.window)  # bounded memory: [per, W, F] at a time
-    parts = Scores.concat(
-        [
-            scorer.score(Windows(xs, ends[i : i + per], scorer.window), latent=latent)
-            for i in range(0, len(ends), per)
-        ],
-        len(scorer.features),
+    """Read the manifest's features from a file and score them in batches. `entity_column`
+    names each row's entity for windowed bundles (without it all rows are one entity);
+    `time_column` each row's event time (needed by behaviour features); `keep` more
+    columns to return raw in `table.extra` (labels)."""
+    spec = InputSpec.of(
+        scorer.bundle.manifest,
+        entity_column=entity_column if scorer.window > 1 else None,
+        time_column=time_column,
     )
+    table = read_inputs(
+        path,
+        spec,
+        keep=[*keep, *([entity_column] if entity_column else [])],
+        sep=sep,
+        transpose=transpose,
+        drop_bad_rows=drop_bad_rows,
+    )
+    return score_inputs(
+        scorer,
+        model_inputs(table, spec),
+        threshold=threshold,
+        top_k=top_k,
+        latent=latent,
+        batch_rows=batch_rows,
+    )
+
+
+def score_inputs(
+    scorer: Scorer,
+    inputs: ModelInputs,
+    *,
+    rows: np.ndarray | None = None,
+    threshold: float | None = None,
+    top_k: int = 3,
+    latent: bool = False,
+    batch_rows: int = 65_536,
+) -> ScoredFile:
+    """Score a model's inputs (`detector.features.inputs.model_inputs`); only the rows
+    `rows` (a bool mask or indices; default all) when given. A windowed model's windows
+    still reach back into the other rows, as a running detector's history would."""
+    if inputs.names != scorer.features:
+        raise DataError(
+            f"the inputs' features {inputs.names[:8]}… are not the model's {scorer.features[:8]}…"
+        )
+    n, t = len(inputs), scorer.threshold if threshold is None else threshold
+    table = inputs.table()
+    if scorer.window == 1:
+        if rows is None:
+            scores = _score_rows(scorer, inputs.values, latent, batch_rows)
+            return ScoredFile(table, scores, decide(scores, t, top_k), t, np.zeros(n, dtype=bool))
+        mask = np.zeros(n, dtype=bool)
+        mask[rows] = True
+        scored = np.flatnonzero(mask)
+        parts = _score_rows(scorer, inputs.values[scored], latent, batch_rows)
+    else:
+        w = scorer.window
+        windows, scored = inputs.windows(w, rows)
+        per = max(1, batch_rows // w)  # bounded memory: [per, W, F] at a time
+        parts = Scores.concat(
+            [
+                scorer.score(Windows(windows.rows, windows.ends[i : i + per], w), latent=latent)
+                for i in range(0, len(windows), per)
+            ],
+            len(scorer.features),
+        )
     warmup = np.ones(n, dtype=bool)
-    warmup[newest] = False
+    warmup[scored] = False
     return ScoredFile(
         table,
-        _scatter(parts, newest, n),
-        _scatter_decisions(decide(parts, t, top_k), newest, n),
+        _scatter(parts, scored, n),
+        _scatter_decisions(decide(parts, t, top_k), scored, n),
         t,
         warmup,
     )

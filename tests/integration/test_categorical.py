@@ -24,10 +24,9 @@ from tests.integration.kafka_helpers import (
     wait_for,
 )
 from tests.trainer.test_categorical import _rows
-from trainer import data
 from trainer.build import build_bundle
-from trainer.categorical import with_categorical
 from trainer.config import TrainConfig
+from trainer.prepare import fit_dataset
 
 pytestmark = pytest.mark.kafka
 SCHEMA = event_schema()
@@ -39,8 +38,9 @@ def test_categorical_stream_scores_like_offline_and_names_values(
     rng = np.random.default_rng(11)
     pacsv.write_csv(_rows(rng, 4000), tmp_path / "train.csv")
     cfg = TrainConfig(epochs=80, folds=0, name="mixed")
-    ds = data.load([str(tmp_path / "train.csv")], drop=["site"], aside=["kind"])
-    ds = with_categorical(ds, ["kind"], cfg)
+    ds = fit_dataset(
+        [str(tmp_path / "train.csv")], cfg, drop=["site"], categorical=["kind"]
+    ).dataset
     build_bundle(ds, cfg, tmp_path / "mixed", False)
 
     test = _rows(rng, 300, mismatched=40)

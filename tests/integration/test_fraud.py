@@ -28,10 +28,9 @@ from tests.integration.kafka_helpers import (
     start_detector,
     wait_for,
 )
-from trainer import data
-from trainer.behaviour import with_behaviour
 from trainer.build import build_bundle
 from trainer.config import TrainConfig
+from trainer.prepare import fit_dataset
 from trainer.transactions import card_key, simulate, terminal_key
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -68,16 +67,12 @@ def test_fraud_stream_scores_like_offline_and_dead_letters_bad_transactions(
         path,
     )
     spec = BehaviourSpec.model_validate(SPEC)
-    ds = data.load([str(path)], features=["amount"], aside=["card_id", "terminal_id", "ts"])
-    ds = with_behaviour(ds, spec, "ts")
-    bundle = build_bundle(
-        ds,
-        TrainConfig(epochs=8, folds=0, name="fraud"),
-        tmp_path / "fraud",
-        False,
-        spec,
-        bounds={"amount": (0.0, None)},
-    )
+    cfg = TrainConfig(epochs=8, folds=0, name="fraud")
+    bounds = {"amount": (0.0, None)}
+    ds = fit_dataset(
+        [str(path)], cfg, features=["amount"], behaviour=spec, time_column="ts", bounds=bounds
+    ).dataset
+    bundle = build_bundle(ds, cfg, tmp_path / "fraud", False)
     assert bundle.manifest.behaviour == spec
 
     test = np.flatnonzero(t.tx_time_days >= TRAIN_DAYS)

@@ -79,3 +79,18 @@ def test_gate() -> None:
     assert "more than 3 x its calibrated 0.50%" in gate_reasons(loud, Gate())[0]
     # A calibrated rate of 0 on few rows: one alarm in 100 rows is not a reason to refuse.
     assert gate_reasons(ok | {"calibrated_alert_ratio": 0.0, "rows_scored": 100}, Gate()) == []
+
+
+def test_gate_refuses_a_candidate_that_alarms_far_more_than_the_live_model() -> None:
+    # Calibrated on training rows whose card histories were short, the candidate's own
+    # promise (4%) says little: on held-out payments with a detector's history it alarms on
+    # 11%, the live model on 1%.
+    candidate = {"alert_ratio": 0.11, "calibrated_alert_ratio": 0.04, "rows_scored": 2000}
+    live = {"alert_ratio": 0.01, "calibrated_alert_ratio": 0.005, "rows_scored": 2000}
+    (reason,) = gate_reasons(candidate | {"psi": None}, Gate(), live | {"psi": None})
+    assert "more than 3 x the live model's 1.00% (calibrated 0.50%)" in reason
+    # The live model's held-out share is low by construction (collect leaves out what it
+    # alarmed on): its calibrated share counts as well.
+    quiet = live | {"alert_ratio": 0.0, "calibrated_alert_ratio": 0.01}
+    near = candidate | {"alert_ratio": 0.02, "psi": None}
+    assert gate_reasons(near, Gate(), quiet) == []

@@ -168,8 +168,9 @@ def test_lags_are_refused_where_they_cannot_work(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="lags must be 1, or more with whitening"):
         ScoringModel(_Nothing(), torch.zeros(F), torch.ones(F), None, "newest", lags=2)
 
-    from trainer.cli import _config, _parser
+    from trainer.cli import _parser
     from trainer.cli import main as train
+    from trainer.commands import train_config as _config
 
     args = ["fit", "--data", "x.csv", "--out", "b", "--window", "20", "--lags", "3"]
     assert _config(_parser().parse_args(args)).lags == 3

@@ -400,7 +400,8 @@ def test_window_mean_bundle_says_so_and_shares_the_newest_bundles_network(
 
 
 def test_cli_takes_the_score_definition() -> None:
-    from trainer.cli import _config, _parser
+    from trainer.cli import _parser
+    from trainer.commands import train_config as _config
 
     args = ["fit", "--data", "x.csv", "--out", "b", "--window", "5", "--score", "window-mean"]
     assert _config(_parser().parse_args(args)).score == "window-mean"
