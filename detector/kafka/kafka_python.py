@@ -565,7 +565,6 @@ class KafkaReader:
             return
         try:
             c.assign(list(todo))
-            c.resume(*todo)  # paused at the end of an earlier read of the same partition
             for tp, (start, _) in todo.items():
                 c.seek(tp, start)
             while todo:
@@ -581,9 +580,14 @@ class KafkaReader:
                     yield Batch(records, KAFKA_PYTHON)
                 # Also partitions that returned nothing: retention may have moved them past
                 # `stop`.
-                for tp in [tp for tp, (_, stop) in todo.items() if c.position(tp) >= stop]:
-                    todo.pop(tp)
-                    c.pause(tp)
+                done = [tp for tp, (_, stop) in todo.items() if c.position(tp) >= stop]
+                if done:
+                    for tp in done:
+                        todo.pop(tp)
+                    # Fetch no more of them. Not by pausing: kafka-python 3.0 parks what
+                    # it fetched for a paused partition, and a later seek of it (the next
+                    # read of the same partition) then never fetches again.
+                    c.assign(list(todo))
         except ClientError as e:
             raise _neutral(e) from e
 

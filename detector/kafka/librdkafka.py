@@ -571,11 +571,18 @@ class RdKafkaReader:
         c = self.consumer
         try:
             c.assign([_rd(tp, ranges[tp][0]) for tp in stop])
+            # librdkafka keeps a partition paused across unassign and assign: one paused at
+            # the end of an earlier read would never be fetched again.
+            c.resume([_rd(tp) for tp in stop])
             while todo:
                 msgs = c.consume(max_batch, 1.0)
                 if msgs and any(map(_error, msgs)):
                     msgs = self._events(msgs, todo)
                 if not msgs:
+                    # Retention may have moved a partition's start past its range's end.
+                    for p in c.position([_rd(tp) for tp in todo]):
+                        if p.offset >= stop[_tp(p)]:
+                            self._done(_tp(p), todo)
                     continue
                 batch = Batch(msgs, LIBRDKAFKA)
                 over = False  # records at or past a partition's end, fetched before its pause

@@ -3,18 +3,23 @@ broker: time ranges to offsets, and exactly the records inside them."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from types import SimpleNamespace
 
 import pytest
 from kafka import KafkaProducer
+from kafka import TopicPartition as KafkaTopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from detector.kafka import Batch, PartitionReader, TopicPartition, open_reader
 from detector.ops.settings import KafkaSettings
 
 pytestmark = pytest.mark.kafka
-BASE_MS = 1_700_000_000_000
+# An hour ago, on a whole second: record times the broker's retention (seven days) keeps
+# for the whole session. Times from years ago are deleted by the broker's first retention
+# check, five minutes after it starts, and the ranges below would be gone mid-test.
+BASE_MS = (int(time.time()) - 3600) * 1000
 N = 40  # records 0..39, one second apart, record i in partition i % 2
 
 
@@ -100,5 +105,38 @@ def test_no_partitions_for_missing_topics(client: str, kafka_bootstrap: str) -> 
         assert reader.partitions(["reader-never-created"]) == []
         assert reader.offsets_for_time([], BASE_MS) == {} and reader.end_offsets([]) == {}
         assert not any(t.startswith("__") for t in reader.topics_matching(".*"))
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("client", ["librdkafka", "kafka-python"])
+def test_a_range_gone_to_retention_reads_what_is_left_and_ends(
+    client: str, kafka_bootstrap: str
+) -> None:
+    """Records deleted below a range (retention, a delete-records request) while it is
+    read: the reader reads what is left of the range and stops, never waits for what is
+    gone."""
+    name = f"reader-gone-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(name, 1, 1)])
+    p = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for i in range(20):
+        p.send(name, f"{i}".encode(), partition=0, timestamp_ms=BASE_MS + i * 1000)
+    p.flush()
+    p.close()
+    admin.delete_records({KafkaTopicPartition(name, 0): 15}, timeout_ms=30_000)
+    admin.close()
+    tp = TopicPartition(name, 0)
+    reader = _reader(kafka_bootstrap, client)
+    try:
+        assert [v for _, _, v, _ in _rows(list(reader.read({tp: (12, 20)})))] == [
+            15,
+            16,
+            17,
+            18,
+            19,
+        ]
+        assert list(reader.read({tp: (5, 10)})) == []  # all of it gone
+        assert [v for _, _, v, _ in _rows(list(reader.read({tp: (3, 17)})))] == [15, 16]
     finally:
         reader.close()
